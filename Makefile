@@ -1,0 +1,41 @@
+# The two commands a user needs: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet
+
+.PHONY: venv demo test test-fast bench lock clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) -r requirements.txt
+	$(UV) --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+## demo: sandboxes + inbox on loopback, a realistic batch of Ajio orders, the DAG(s) on real Airflow, a reconciliation
+demo: venv
+	$(VENV)/bin/python -m omni_erp.demo
+
+## test: the whole suite (SQLite and a throwaway PostgreSQL cluster, real HTTP servers, dag.test())
+test: venv
+	$(VENV)/bin/python -m pytest
+
+## test-fast: the inner loop, without dag.test() runs
+test-fast: venv
+	$(VENV)/bin/python -m pytest -m "not integration"
+
+## bench: throughput and parse-time benchmarks
+bench: venv
+	$(VENV)/bin/python -m benchmarks
+
+## lock: recompile requirements.txt from requirements.in (exact pins)
+lock: venv
+	$(VENV)/bin/uv pip compile requirements.in -o requirements.txt --python-version 3.11
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
