@@ -1,0 +1,1 @@
+"""Pydantic models of the documents exchanged with Omni and the ERP (no I/O, no business rules)."""

@@ -1,0 +1,130 @@
+"""Documents of the generic JSON REST ERP contract (``include/omni_erp/contracts/erp_rest.yaml``).
+
+Money is ``Decimal`` (JSON numbers or strings are accepted); quantities are whole units.
+Requests are strict (``extra="forbid"``), responses lenient (``extra="ignore"``) so that an ERP
+adding fields never breaks us.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class DocumentLine(BaseModel):
+    """A line of any ERP document: SKU, units and tax-inclusive unit price."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    line_code: str | None = Field(None, alias="lineCode")
+    sku: str = Field(min_length=1)
+    quantity: int = Field(gt=0)
+    unit_price: Decimal = Field(alias="unitPrice", ge=0)
+
+
+class SalesOrderRequest(_Request):
+    """``POST /api/v1/sales-orders`` with header ``Idempotency-Key: create:<orderCode>``."""
+
+    order_code: str = Field(alias="orderCode", min_length=1)
+    po_number: str = Field(alias="poNumber", min_length=1)
+    buyer_code: str = Field(alias="buyerCode", min_length=1)
+    location_code: str | None = Field(None, alias="locationCode")
+    order_date: str | None = Field(None, alias="orderDate")
+    lines: list[DocumentLine] = Field(min_length=1)
+    total_amount: Decimal = Field(alias="totalAmount", ge=0)
+
+
+class SalesOrder(_Response):
+    sales_order_id: str = Field(alias="salesOrderId")
+    order_code: str = Field(alias="orderCode")
+    status: str
+    created_at: str | None = Field(None, alias="createdAt")
+
+
+class EInvoice(_Response):
+    """An e-invoice the ERP registered at the IRP (IRN, ack, signed QR) for a sales order."""
+
+    seq: int
+    invoice_number: str = Field(alias="invoiceNumber")
+    invoice_date: str = Field(alias="invoiceDate")
+    sales_order_id: str = Field(alias="salesOrderId")
+    order_code: str = Field(alias="orderCode")
+    po_number: str = Field(alias="poNumber")
+    irn: str
+    ack_number: str = Field(alias="ackNumber")
+    ack_date: str = Field(alias="ackDate")
+    signed_qr_code: str = Field(alias="signedQrCode")
+    pdf_url: str | None = Field(None, alias="pdfUrl")
+    lines: list[DocumentLine]
+    total_value: Decimal = Field(alias="totalValue")
+    status: str = "ACTIVE"
+
+
+class EInvoicePage(_Response):
+    items: list[EInvoice]
+    next_cursor: int = Field(alias="nextCursor")
+
+
+class ReturnOrderRequest(_Request):
+    """``POST /api/v1/return-orders`` with header ``Idempotency-Key: return:<returnOrderCode>``."""
+
+    return_order_code: str = Field(alias="returnOrderCode", min_length=1)
+    order_code: str = Field(alias="orderCode", min_length=1)
+    invoice_number: str = Field(alias="invoiceNumber", min_length=1)
+    reason: str = Field(min_length=1)
+    lines: list[DocumentLine] = Field(min_length=1)
+
+
+class ReturnOrder(_Response):
+    return_order_id: str = Field(alias="returnOrderId")
+    return_order_code: str = Field(alias="returnOrderCode")
+    status: str
+
+
+class ErpCreditNote(_Response):
+    """A credit note (document type CRN) the ERP registered at the IRP."""
+
+    seq: int
+    credit_note_number: str = Field(alias="creditNoteNumber")
+    credit_note_date: str = Field(alias="creditNoteDate")
+    return_order_code: str | None = Field(None, alias="returnOrderCode")
+    order_code: str = Field(alias="orderCode")
+    invoice_number: str = Field(alias="invoiceNumber")
+    irn: str
+    ack_number: str = Field(alias="ackNumber")
+    ack_date: str = Field(alias="ackDate")
+    signed_qr_code: str = Field(alias="signedQrCode")
+    pdf_url: str | None = Field(None, alias="pdfUrl")
+    lines: list[DocumentLine]
+    total_value: Decimal = Field(alias="totalValue")
+
+
+class CreditNotePage(_Response):
+    items: list[ErpCreditNote]
+    next_cursor: int = Field(alias="nextCursor")
+
+
+class ErpErrorBody(BaseModel):
+    """The contract's error shape: ``{"error": {"code", "message"}}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    error: dict[str, Any] | None = None
+
+    def text(self) -> str:
+        if not self.error:
+            return "no details"
+        return " - ".join(str(v) for v in (self.error.get("code"), self.error.get("message")) if v)
