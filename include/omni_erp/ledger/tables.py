@@ -1,0 +1,118 @@
+"""Ledger tables (SQLAlchemy Core), portable across SQLite and PostgreSQL.
+
+Every table has a natural unique key so writes can be idempotent (insert-or-ignore / upsert).
+Times are stored in UTC (domain.md decision 8).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "omni_erp_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every posting Omni delivered to the inbox, exactly once per messageId.
+# state: pending -> claimed -> done | dead ; or ignored (event types we store but do not process).
+inbox_message = Table(
+    "inbox_message",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("event_type", String(64), nullable=False),
+    Column("business_key", String(255), nullable=False),  # orderCode, or returnOrderCode for returns
+    Column("order_code", String(255), nullable=False),  # orderCode, or forwardOrderCode for returns
+    Column("content_hash", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("outcome", String(64)),
+    Column("batch_id", String(255)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_inbox_message_claim", "state", "event_type", "id"),
+    Index("ix_inbox_message_batch", "batch_id"),
+    Index("ix_inbox_message_order", "order_code"),
+)
+
+# One row per Ajio order: its state machine and the ERP document ids.
+ajio_order = Table(
+    "ajio_order",
+    metadata,
+    Column("order_code", String(255), primary_key=True),
+    Column("po_number", String(255)),
+    Column("state", String(32), nullable=False),
+    Column("create_message_id", String(255)),
+    Column("lines", Text, nullable=False),  # JSON: sku, ordered, cancelled, quantity, unitPrice
+    Column("total_amount", Numeric(14, 2), nullable=False),
+    Column("erp_request", Text),  # the exact body sent to the ERP, re-sent unchanged on retries
+    Column("erp_sales_order_id", String(255)),
+    Column("erp_invoice_number", String(64)),
+    Column("irn", String(64)),
+    Column("invoiced_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_ajio_order_state", "state"),
+)
+
+# Every outbound HTTP attempt (one row per attempt, retries included). Never bodies or secrets.
+outbound_call = Table(
+    "outbound_call",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("system", String(16), nullable=False),
+    Column("operation", String(64), nullable=False),
+    Column("endpoint", String(255), nullable=False),
+    Column("idempotency_key", String(255)),
+    Column("attempt", Integer, nullable=False),
+    Column("status_code", Integer),
+    Column("latency_ms", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # ok | retry | rejected | unavailable
+    Column("error", Text),
+    Column("batch_id", String(255)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_outbound_call_key", "idempotency_key"),
+)
+
+# Anything that cannot be processed, with a reason a person can act on.
+dead_letter = Table(
+    "dead_letter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("stage", String(64), nullable=False),  # inbox | order_posting | ...
+    Column("dedupe_key", String(128), nullable=False),
+    Column("message_id", String(255)),
+    Column("business_key", String(255)),
+    Column("reason", Text, nullable=False),
+    Column("payload", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    UniqueConstraint("stage", "dedupe_key", name="uq_dead_letter_stage_key"),
+)
+
+# Named cursors/watermarks (e.g. the last e-invoice sequence read from the ERP).
+sync_cursor = Table(
+    "sync_cursor",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("value", String(255), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,149 @@
+"""Ledger behaviour on both backends (SQLite file in WAL mode, throwaway PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from omni_erp.ledger import Ledger
+from omni_erp.ledger.engine import SCHEMA_VERSION, current_version
+from omni_erp.states import CLAIMED, DEAD, DONE, PENDING
+
+CREATE = "OUTWARD_ORDER_CREATE"
+
+
+def _store(ledger: Ledger, n: int, event_type: str = CREATE, start: int = 1) -> None:
+    for i in range(start, start + n):
+        ledger.record_posting(
+            message_id=str(i), event_type=event_type, business_key=f"FN{i}", order_code=f"FN{i}", payload={"messageId": i}
+        )
+
+
+def test_schema_is_created_and_versioned_on_first_use(ledger_url):
+    ledger = Ledger(ledger_url)
+    with ledger.engine.connect() as conn:
+        assert current_version(conn) == SCHEMA_VERSION
+        assert {"inbox_message", "ajio_order", "outbound_call", "dead_letter", "sync_cursor"} <= set(
+            sa.inspect(conn).get_table_names()
+        )
+
+
+def test_same_posting_twice_is_one_row_and_other_content_is_a_conflict(ledger_url):
+    ledger = Ledger(ledger_url)
+    payload = {"messageId": 7, "orderCode": "FN7", "orderItems": [{"a": 1}]}
+    kwargs = dict(message_id="7", event_type=CREATE, business_key="FN7", order_code="FN7")
+    assert ledger.record_posting(**kwargs, payload=payload) == "stored"
+    # Same content with another key order is the same posting.
+    assert ledger.record_posting(**kwargs, payload=dict(reversed(list(payload.items())))) == "duplicate"
+    assert ledger.record_posting(**kwargs, payload={**payload, "orderCode": "FN8"}) == "conflict"
+    rows = ledger.postings()
+    assert len(rows) == 1
+    assert '"FN7"' in rows[0]["payload"] and rows[0]["state"] == PENDING
+
+
+def test_claim_returns_the_same_batch_again_and_never_to_another_batch(ledger_url):
+    ledger = Ledger(ledger_url)
+    _store(ledger, 5)
+    _store(ledger, 2, event_type="OUTWARD_ORDER_CANCEL", start=100)
+    first = ledger.claim_postings(event_types=[CREATE], batch_id="run-1", limit=3)
+    assert [p.message_id for p in first] == ["1", "2", "3"]
+    # A retried claim task gets its own batch back (plus nothing new beyond the limit).
+    again = ledger.claim_postings(event_types=[CREATE], batch_id="run-1", limit=0)
+    assert [p.message_id for p in again] == ["1", "2", "3"]
+    other = ledger.claim_postings(event_types=[CREATE], batch_id="run-2", limit=10)
+    assert [p.message_id for p in other] == ["4", "5"]
+    assert ledger.claim_postings(event_types=[CREATE], batch_id="run-3") == []
+
+
+def test_expired_lease_is_reclaimed_and_released_posting_is_retried(ledger_url):
+    ledger = Ledger(ledger_url)
+    _store(ledger, 2)
+    ledger.claim_postings(event_types=[CREATE], batch_id="crashed", lease=timedelta(seconds=-1))
+    ledger.claim_postings(event_types=[CREATE], batch_id="crashed2", limit=0)  # nothing new, lease still expired
+    reclaimed = ledger.claim_postings(event_types=[CREATE], batch_id="next")
+    assert [p.message_id for p in reclaimed] == ["1", "2"]
+    ledger.release_posting("1", error="ERP unavailable")
+    ledger.finish_posting("2", outcome="booked")
+    states = {r["message_id"]: (r["state"], r["attempts"], r["last_error"]) for r in ledger.postings()}
+    assert states == {"1": (PENDING, 1, "ERP unavailable"), "2": (DONE, 0, None)}
+    retry = ledger.claim_postings(event_types=[CREATE], batch_id="after")
+    assert [(p.message_id, p.attempts) for p in retry] == [("1", 1)]
+
+
+@pytest.mark.parametrize("workers", [2, 4], ids=["2-workers", "4-workers"])
+def test_concurrent_claims_never_hand_out_the_same_posting(ledger_url, workers):
+    total = 120
+    ledger = Ledger(ledger_url)
+    _store(ledger, total)
+    barrier = threading.Barrier(workers)
+    claimed: dict[int, list[str]] = {w: [] for w in range(workers)}
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        try:
+            mine = Ledger(ledger_url)
+            barrier.wait()
+            while True:
+                batch = mine.claim_postings(event_types=[CREATE], batch_id=f"worker-{w}-{len(claimed[w])}", limit=7)
+                new = [p.message_id for p in batch if p.message_id not in claimed[w]]
+                if not new:
+                    return
+                claimed[w].extend(new)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    everything = [m for ids in claimed.values() for m in ids]
+    assert len(everything) == len(set(everything)) == total
+    assert all(r["state"] == CLAIMED for r in ledger.postings())
+
+
+def test_dead_letter_is_recorded_once_per_problem(ledger_url):
+    ledger = Ledger(ledger_url)
+    assert ledger.record_dead_letter(stage="order_posting", reason="Ajio PO number missing", message_id="9")
+    assert not ledger.record_dead_letter(stage="order_posting", reason="Ajio PO number missing", message_id="9")
+    assert ledger.record_dead_letter(stage="order_posting", reason="another reason", message_id="9")
+    assert [d["reason"] for d in ledger.dead_letters("order_posting")] == ["Ajio PO number missing", "another reason"]
+
+
+def test_order_registration_keeps_the_first_create(ledger_url):
+    ledger = Ledger(ledger_url)
+    first = ledger.register_order(
+        order_code="FN1", po_number="PO1", state="ready_to_book", create_message_id="1",
+        lines=[{"sku": "A", "quantity": 2}], total_amount=100, erp_request={"orderCode": "FN1"},
+    )
+    second = ledger.register_order(
+        order_code="FN1", po_number="PO2", state="ready_to_book", create_message_id="2",
+        lines=[], total_amount=0, erp_request=None,
+    )
+    assert first == second
+    assert second["create_message_id"] == "1" and second["po_number"] == "PO1"
+    assert second["lines"] == [{"sku": "A", "quantity": 2}]
+
+
+def test_cursor_round_trip(ledger_url):
+    ledger = Ledger(ledger_url)
+    assert ledger.get_cursor("einvoice", "0") == "0"
+    ledger.set_cursor("einvoice", "41")
+    ledger.set_cursor("einvoice", "42")
+    assert ledger.get_cursor("einvoice") == "42"
+
+
+def test_claimed_posting_state_survives_a_new_engine(sqlite_ledger_url):
+    """Durability: what one process wrote, a fresh process (engine) reads."""
+    from omni_erp.ledger import engine as ledger_engine
+
+    ledger = Ledger(sqlite_ledger_url)
+    _store(ledger, 1)
+    ledger.finish_posting("1", state=DEAD, outcome="dead_letter", error="why")
+    ledger_engine.dispose_all()
+    row = Ledger(sqlite_ledger_url).postings()[0]
+    assert (row["state"], row["outcome"], row["last_error"]) == (DEAD, "dead_letter", "why")
