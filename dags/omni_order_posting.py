@@ -1,0 +1,73 @@
+"""Ajio B2B orders from Increff Omni into the seller's ERP (F1: OUTWARD_ORDER_CREATE -> sales order).
+
+### What it does
+1. **claim_postings** - takes a batch of `OUTWARD_ORDER_CREATE` postings that the Omni inbox stored.
+2. **map_sales_orders** - validates each posting and maps it to an ERP sales order: quantity to
+   invoice = ordered - cancelled; the Ajio PO number is read from `orderCustomAttributes.attribute1`
+   (or `$OMNI_ERP_PO_PATH`); postings without a PO are dead-lettered with the reason; orders with
+   nothing left to invoice are recorded and not booked.
+3. **create_sales_orders** - books each order in the ERP with the key `create:<orderCode>`, so a
+   re-delivered posting, a retried task or a re-run never books twice; records the ERP id.
+4. **report_outcome** - logs one line per posting of the run (always runs, even after a failure).
+
+If the ERP is down, the affected postings go back to the queue and the next run books them; the run
+is marked failed so the outage is visible. Everything is in the ledger (`omni_erp_ledger`
+connection, embedded SQLite by default): `inbox_message`, `ajio_order`, `outbound_call`, `dead_letter`.
+
+Connections: `omni_erp_ledger`, `erp_default`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+
+from omni_erp.alerts import deadline_missed, task_failed
+from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.report import LedgerBatchReportOperator
+from omni_erp.settings import EVENT_CREATE
+from omni_erp.tags import Tag
+
+with DAG(
+    dag_id=Path(__file__).stem,
+    dag_display_name="F1 · Omni order posting → ERP sales order",
+    description=__doc__.splitlines()[0],
+    doc_md=__doc__,
+    schedule=CronTriggerTimetable("*/5 * * * *", timezone="Asia/Kolkata"),
+    start_date=pendulum.datetime(2026, 11, 1, tz="Asia/Kolkata"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=30),
+    tags=[Tag.Flow.f1, Tag.System.omni, Tag.System.erp, Tag.Impact.tier_1],
+    default_args={
+        "owner": "omni-erp-integration",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=20),
+        "on_failure_callback": task_failed,
+    },
+    params={
+        "flow": Param("f1", type="string", const="f1", title="Flow", description="Flow id used in alerts."),
+        "limit": Param(
+            500, type="integer", minimum=1, maximum=5000, title="Batch size",
+            description="Most postings to claim in one run.",
+        ),
+    },
+    # SLA: picking waits for the invoice, so a posting run must finish within 15 minutes.
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=15),
+        callback=AsyncCallback(deadline_missed, kwargs={"flow": "f1"}),
+    ),
+) as dag:
+    claim = OmniInboxClaimOperator(task_id="claim_postings", event_types=[EVENT_CREATE], limit="{{ params.limit }}")
+    map_orders = ErpSalesOrderMapOperator(task_id="map_sales_orders")
+    create = ErpSalesOrderCreateOperator(task_id="create_sales_orders")
+    report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
+
+    claim >> map_orders >> create >> report

@@ -1,0 +1,216 @@
+"""Retrying JSON-over-HTTP on top of the http provider's ``HttpHook``.
+
+Policy (domain.md 4.3, 7.7): every call has an explicit timeout; timeouts, connection errors, 429
+and 5xx are retried with exponential backoff and jitter, honouring ``Retry-After``; any other 4xx
+is a permanent ``RemoteRejectedError`` carrying the server's message. Nothing secret is logged:
+only method, path, business key, status and duration.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from airflow.providers.http.hooks.http import HttpHook
+
+from omni_erp.exceptions import RemoteRejectedError, RemoteUnavailableError
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one call. Tests pass tiny delays; production keeps the defaults.
+
+    :param max_attempts: attempts in total, the first included.
+    :param base_delay_s: first backoff; doubles each attempt, capped at ``max_delay_s``.
+    :param max_delay_s: cap for the backoff and for a server's ``Retry-After``.
+    :param connect_timeout_s: TCP connect timeout of each attempt.
+    :param read_timeout_s: time to wait for the response of each attempt.
+    """
+
+    max_attempts: int = 5
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """Defaults, overridden per deployment by ``OMNI_ERP_HTTP_*`` variables (read at run time, not parse time)."""
+        env = os.environ
+        default = cls()
+        return cls(
+            max_attempts=int(env.get("OMNI_ERP_HTTP_MAX_ATTEMPTS", default.max_attempts)),
+            base_delay_s=float(env.get("OMNI_ERP_HTTP_BASE_DELAY_S", default.base_delay_s)),
+            max_delay_s=float(env.get("OMNI_ERP_HTTP_MAX_DELAY_S", default.max_delay_s)),
+            connect_timeout_s=float(env.get("OMNI_ERP_HTTP_CONNECT_TIMEOUT_S", default.connect_timeout_s)),
+            read_timeout_s=float(env.get("OMNI_ERP_HTTP_READ_TIMEOUT_S", default.read_timeout_s)),
+        )
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.max_delay_s, retry_after)
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread retries, keep a floor
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one HTTP attempt did; handed to the ``on_attempt`` observer (the ledger records it)."""
+
+    system: str
+    operation: str
+    method: str
+    endpoint: str
+    attempt: int
+    status_code: int | None
+    latency_ms: int
+    outcome: str  # ok | retry | rejected | unavailable
+    idempotency_key: str | None
+    error: str | None
+
+
+AttemptObserver = Callable[[Attempt], None]
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class RetryingJsonHook(HttpHook):
+    """Base of OmniHook and ErpHook: one session per hook, JSON in and out, the retry policy above.
+
+    Subclasses set ``system`` and implement ``error_message(response)`` for their error shape.
+    """
+
+    system = "http"
+
+    def __init__(
+        self,
+        conn_id: str,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        on_attempt: AttemptObserver | None = None,
+    ) -> None:
+        super().__init__(method="POST", http_conn_id=conn_id)
+        self.retry_policy = retry_policy or RetryPolicy.from_env()
+        self.on_attempt = on_attempt
+        self._session: Any = None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            self._session = self.get_conn()
+        return self._session
+
+    def error_message(self, response: Any) -> tuple[str | None, str]:
+        """Return ``(code, message)`` from an error response; subclasses parse their own shape."""
+        return None, (response.text or response.reason or "")[:500]
+
+    def call(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        operation: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send one logical request, retrying per the policy; return the successful ``requests.Response``.
+
+        ``idempotency_key`` names the business action in logs and the ledger; hooks whose API takes it
+        as a header pass it in ``headers`` too.
+
+        :raises RemoteRejectedError: a 4xx other than 429 (the message is the server's).
+        :raises RemoteUnavailableError: still failing after the last attempt.
+        """
+        import requests
+
+        policy = self.retry_policy
+        session = self.session
+        url = self.url_from_endpoint(endpoint)
+        last_error = "no attempt made"
+        last_status: int | None = None
+        for attempt in range(1, policy.max_attempts + 1):
+            started = time.monotonic()
+            retry_after: float | None = None
+            try:
+                response = session.request(
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=(policy.connect_timeout_s, policy.read_timeout_s),
+                )
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                status, outcome = None, "retry"
+                last_error = f"{type(exc).__name__}: no response within the timeout or connection failed"
+            else:
+                status = response.status_code
+                if status < 400:
+                    self._observe(operation, method, endpoint, attempt, status, started, "ok", idempotency_key, None)
+                    return response
+                code, message = self.error_message(response)
+                last_error = f"{code}: {message}" if code else message
+                if status not in RETRYABLE_STATUS:
+                    self._observe(operation, method, endpoint, attempt, status, started, "rejected", idempotency_key, last_error)
+                    raise RemoteRejectedError(self.system, status, message, code=code)
+                outcome = "retry"
+                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+            last_status = status
+            final = attempt == policy.max_attempts
+            self._observe(
+                operation, method, endpoint, attempt, status, started, "unavailable" if final else outcome, idempotency_key, last_error
+            )
+            if not final:
+                time.sleep(policy.backoff(attempt, retry_after))
+        raise RemoteUnavailableError(
+            self.system, last_status, f"{operation} failed after {policy.max_attempts} attempts: {last_error}"
+        )
+
+    def _observe(
+        self,
+        operation: str,
+        method: str,
+        endpoint: str,
+        attempt: int,
+        status: int | None,
+        started: float,
+        outcome: str,
+        key: str | None,
+        error: str | None,
+    ) -> None:
+        latency_ms = int((time.monotonic() - started) * 1000)
+        self.log.info(
+            "%s %s %s key=%s -> %s in %d ms (attempt %d/%d, %s)",
+            self.system,
+            method,
+            endpoint.split("?")[0],
+            key or "-",
+            status if status is not None else "no response",
+            latency_ms,
+            attempt,
+            self.retry_policy.max_attempts,
+            outcome,
+        )
+        if self.on_attempt is not None:
+            self.on_attempt(
+                Attempt(self.system, operation, method, endpoint, attempt, status, latency_ms, outcome, key, error)
+            )

@@ -1,0 +1,187 @@
+"""Operators that book Omni postings in the seller's ERP (F1: OUTWARD_ORDER_CREATE -> sales order)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from omni_erp import settings
+from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
+from omni_erp.operators.base import LedgerOperator
+from omni_erp.states import (
+    DEAD,
+    ORDER_BOOKED,
+    ORDER_NOTHING_TO_INVOICE,
+    ORDER_READY,
+    ORDER_REJECTED,
+    STAGE_ORDER_POSTING,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from omni_erp.hooks.erp import ErpAdapter
+    from omni_erp.ledger.repo import ClaimedPosting
+
+
+def sales_order_key(order_code: str) -> str:
+    """One idempotency key per order and action (domain.md decision 9)."""
+    return f"create:{order_code}"
+
+
+class ErpSalesOrderMapOperator(LedgerOperator):
+    """Validate the batch's CREATE postings and map each to an ERP sales order in the ledger.
+
+    A posting that cannot be booked (no Ajio PO, no items, bad shape) is dead-lettered with the
+    reason; an order with nothing left to invoice is recorded and closed without an ERP call; a
+    second CREATE for an order we already have (re-delivery under a new messageId) is closed as a
+    duplicate.
+
+    :param po_path: dotted path of the Ajio PO number in the posting (templated); defaults to
+        ``$OMNI_ERP_PO_PATH`` or ``orderCustomAttributes.attribute1``.
+    """
+
+    template_fields = (*LedgerOperator.template_fields, "po_path")
+
+    def __init__(self, *, po_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.po_path = po_path
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        outcomes: Counter[str] = Counter()
+        for posting in self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]):
+            outcomes[self._map_one(posting)] += 1
+        self.log.info("Mapped batch %s: %s", self.batch_id, dict(outcomes) or "nothing to map")
+        return {"batch_id": self.batch_id, **{k: outcomes[k] for k in sorted(outcomes)}}
+
+    def _map_one(self, posting: ClaimedPosting) -> str:
+        from omni_erp.mapping import plan_sales_order
+        from omni_erp.models.omni import OutwardOrderPosting
+
+        ledger = self.ledger
+        try:
+            model = OutwardOrderPosting.model_validate(posting.payload)
+            plan = plan_sales_order(model, posting.payload, po_path=self.po_path)
+        except (PayloadError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, PayloadError) else f"invalid posting: {exc}"
+            ledger.record_dead_letter(
+                stage=STAGE_ORDER_POSTING, reason=reason, message_id=posting.message_id, business_key=posting.order_code
+            )
+            ledger.finish_posting(posting.message_id, state=DEAD, outcome="dead_letter", error=reason)
+            self.log.warning("Dead-lettered posting %s (order %s): %s", posting.message_id, posting.order_code, reason)
+            return "dead_letter"
+
+        known = ledger.get_order(plan.order_code)
+        if known is not None and known["create_message_id"] != posting.message_id:
+            ledger.finish_posting(posting.message_id, outcome="duplicate_order")
+            self.log.info(
+                "Order %s was already received in posting %s; posting %s closed as a duplicate",
+                plan.order_code,
+                known["create_message_id"],
+                posting.message_id,
+            )
+            return "duplicate_order"
+
+        state = ORDER_READY if plan.request is not None else ORDER_NOTHING_TO_INVOICE
+        order = ledger.register_order(
+            order_code=plan.order_code,
+            po_number=plan.po_number,
+            state=state,
+            create_message_id=posting.message_id,
+            lines=plan.lines,
+            total_amount=plan.total_amount,
+            erp_request=plan.request.to_json_dict() if plan.request else None,
+        )
+        if order["state"] == ORDER_NOTHING_TO_INVOICE:
+            ledger.finish_posting(posting.message_id, outcome=ORDER_NOTHING_TO_INVOICE)
+            return ORDER_NOTHING_TO_INVOICE
+        return "mapped"
+
+
+class ErpSalesOrderCreateOperator(LedgerOperator):
+    """Book the batch's mapped orders in the ERP, idempotently, and record the ERP ids.
+
+    Each order is sent with the key ``create:<orderCode>`` and the body stored at mapping time, so a
+    retried task or a re-run returns the existing ERP order instead of booking a second one. An
+    order the ERP rejects (4xx) is dead-lettered with the ERP's message. When the ERP stays
+    unavailable after the hook's retries, the remaining postings go back to the queue for the next
+    run (nothing is lost) and the task fails so the outage is visible.
+
+    :param erp_conn_id: connection of the ERP.
+    :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
+    """
+
+    def __init__(self, *, erp_conn_id: str = settings.ERP_CONN_ID, max_consecutive_unavailable: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.erp_conn_id = erp_conn_id
+        self.max_consecutive_unavailable = max_consecutive_unavailable
+
+    @cached_property
+    def erp(self) -> ErpAdapter:
+        from omni_erp.hooks.erp import ErpHook
+
+        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        outcomes: Counter[str] = Counter()
+        unavailable_in_a_row = 0
+        last_outage = ""
+        for posting in self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]):
+            if unavailable_in_a_row >= self.max_consecutive_unavailable:
+                self.ledger.release_posting(posting.message_id, error=f"not attempted, ERP unavailable: {last_outage}")
+                outcomes["deferred"] += 1
+                continue
+            try:
+                outcome = self._book_one(posting)
+            except RemoteUnavailableError as exc:
+                unavailable_in_a_row += 1
+                last_outage = str(exc)
+                self.ledger.release_posting(posting.message_id, error=last_outage)
+                self.log.warning("ERP unavailable for order %s; deferred to the next run: %s", posting.order_code, exc)
+                outcome = "deferred"
+            else:
+                unavailable_in_a_row = 0
+            outcomes[outcome] += 1
+
+        summary = {"batch_id": self.batch_id, **{k: outcomes[k] for k in sorted(outcomes)}}
+        self.log.info("Booked batch %s: %s", self.batch_id, summary)
+        if outcomes["deferred"]:
+            raise AirflowFailException(
+                f"{outcomes['deferred']} order(s) deferred because the ERP is unavailable ({last_outage}); "
+                "they are back in the queue for the next run. Summary: "
+                f"{summary}"
+            )
+        return summary
+
+    def _book_one(self, posting: ClaimedPosting) -> str:
+        from omni_erp.models.erp import SalesOrderRequest
+
+        ledger = self.ledger
+        order = ledger.get_order(posting.order_code)
+        if order is None or order["create_message_id"] != posting.message_id:
+            # Mapping closed or dead-lettered it; nothing to book for this posting.
+            return "skipped"
+        if order["state"] == ORDER_BOOKED:
+            ledger.finish_posting(posting.message_id, outcome="booked")
+            return "already_booked"
+        request = SalesOrderRequest.model_validate(order["erp_request"])
+        try:
+            booking = self.erp.create_sales_order(request, idempotency_key=sales_order_key(order["order_code"]))
+        except RemoteRejectedError as exc:
+            reason = f"ERP rejected the sales order: {exc.code + ': ' if exc.code else ''}{exc.message}"
+            ledger.update_order(order["order_code"], state=ORDER_REJECTED)
+            ledger.record_dead_letter(
+                stage=STAGE_ORDER_POSTING, reason=reason, message_id=posting.message_id, business_key=posting.order_code
+            )
+            ledger.finish_posting(posting.message_id, state=DEAD, outcome="rejected_by_erp", error=reason)
+            self.log.error("Order %s: %s", posting.order_code, reason)
+            return "rejected_by_erp"
+        ledger.update_order(order["order_code"], state=ORDER_BOOKED, erp_sales_order_id=booking.document.sales_order_id)
+        ledger.finish_posting(posting.message_id, outcome="booked")
+        if booking.replayed:
+            self.log.info("Order %s was already booked in the ERP as %s", order["order_code"], booking.document.sales_order_id)
+            return "already_booked"
+        return "booked"
