@@ -175,6 +175,16 @@ class Ledger:
                 )
             )
 
+    def release_unfinished(self, batch_id: str, *, error: str) -> int:
+        """Give back every posting ``batch_id`` still holds (its run ended); returns how many."""
+        m = t.inbox_message
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(m)
+                .where(m.c.batch_id == batch_id, m.c.state == CLAIMED)
+                .values(state=PENDING, outcome="deferred", last_error=error, lease_until=None, updated_at=now())
+            ).rowcount
+
     def batch_postings(self, batch_id: str) -> list[dict[str, Any]]:
         """Every posting a batch touched, with its current state (for the run report)."""
         m, o = t.inbox_message, t.ajio_order

@@ -5,22 +5,36 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from omni_erp.operators.base import LedgerOperator
+from omni_erp.states import PENDING
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
 class LedgerBatchReportOperator(LedgerOperator):
-    """Log one line per posting this run touched (state, outcome, ERP id, error) and return the counts.
+    """Close the run's batch: log one line per posting it touched and return the counts.
 
-    Runs even when an upstream task failed (use ``trigger_rule="all_done"``), so the log always says
-    what happened to every order of the run.
+    Meant to run last with ``trigger_rule="all_done"``, so the log always says what happened to every
+    order of the run. Postings the run still holds (an upstream task failed) go back to the queue at
+    once instead of waiting for their lease to expire. When any posting of the batch is left
+    unprocessed the task fails after logging, so the run shows red and alerts fire.
+
+    :param fail_on_unfinished: fail when postings of the batch were deferred to a later run.
     """
+
+    def __init__(self, *, fail_on_unfinished: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_on_unfinished = fail_on_unfinished
 
     def execute(self, context: Context) -> dict[str, Any]:
         import pandas as pd
 
+        released = self.ledger.release_unfinished(self.batch_id, error="the run ended before this posting was processed")
+        if released:
+            self.log.warning("Released %d posting(s) this run did not finish; the next run takes them", released)
         rows = self.ledger.batch_postings(self.batch_id)
         counts = Counter(f"{r['state']}:{r['outcome'] or '-'}" for r in rows)
         if rows:
@@ -31,4 +45,10 @@ class LedgerBatchReportOperator(LedgerOperator):
         else:
             self.log.info("Batch %s touched no postings", self.batch_id)
         self.log.info("Totals: %s", dict(counts))
+        unfinished = [r for r in rows if r["state"] == PENDING]
+        if unfinished and self.fail_on_unfinished:
+            raise AirflowFailException(
+                f"{len(unfinished)} of {len(rows)} posting(s) were not processed in this run and wait for the next one; "
+                f"first reason: {unfinished[0]['last_error']}"
+            )
         return {"batch_id": self.batch_id, "postings": len(rows), "by_outcome": dict(sorted(counts.items()))}
