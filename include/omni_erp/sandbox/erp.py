@@ -1,0 +1,588 @@
+"""Sandbox of the seller's ERP: the REST contract of ``contracts/erp_rest.yaml`` with asynchronous e-invoicing."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field, ValidationError, field_validator
+
+from omni_erp import einvoice
+from omni_erp.models.erp import DocumentLine, ReturnOrderRequest, SalesOrderRequest
+from omni_erp.sandbox.catalogue import hsn_for
+from omni_erp.sandbox.faults import ApiError, FaultConfig, FaultInjector, pydantic_problems, read_json
+from omni_erp.sandbox.pdf import tiny_pdf
+from omni_erp.timeutil import financial_year, parse_datetime, to_omni
+
+log = logging.getLogger(__name__)
+
+TOTAL_TOLERANCE = Decimal("1.00")        # domain.md decision 4: one rupee per invoice for rounding
+IRN_CANCEL_WINDOW = timedelta(hours=24)  # domain.md section 6
+TICK_S = 0.05
+MAX_PAGE = 500
+
+
+class ErpSandboxConfig(FaultConfig):
+    """Fault knobs plus the ERP's own: e-invoicing delay, clock shift and number series."""
+
+    invoice_delay_s: float = Field(0.2, ge=0.0, le=3600.0)
+    clock_offset_s: float = 0.0
+    invoice_prefix: str = "RB2627/"
+    credit_note_prefix: str = "RC2627/"
+
+    @field_validator("invoice_prefix", "credit_note_prefix")
+    @classmethod
+    def _valid_series(cls, prefix: str) -> str:
+        # The 6-digit counter is appended, so the prefix must keep every number within NIC's rules.
+        try:
+            einvoice.validate_document_number(f"{prefix}000001")
+        except ValueError as exc:
+            raise ValueError(f"prefix {prefix!r} would make invalid document numbers: {exc}") from exc
+        return prefix
+
+
+@dataclass
+class _Pending:
+    due: float  # time.monotonic()
+    kind: Literal["invoice", "credit_note"]
+    ref: str    # salesOrderId, returnOrderId or creditNoteRequestId
+
+
+class _Conflict(Exception):
+    """Idempotency key reused with another request body."""
+
+
+def _money(value: Decimal) -> float:
+    return float(value.quantize(Decimal("0.01")))
+
+
+def _line_json(line: DocumentLine) -> dict[str, Any]:
+    return {
+        "lineCode": line.line_code, "sku": line.sku, "quantity": line.quantity, "unitPrice": _money(line.unit_price)
+    }
+
+
+def _total(lines: Iterable[DocumentLine]) -> Decimal:
+    return sum((line.unit_price * line.quantity for line in lines), Decimal(0))
+
+
+class _ErpState:
+    """Everything the sandbox ERP holds; callers take ``lock`` around every read and write."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        self.orders: dict[str, dict[str, Any]] = {}           # salesOrderId -> record
+        self.order_ids: dict[str, str] = {}                   # orderCode -> salesOrderId
+        self.invoices: dict[str, dict[str, Any]] = {}         # invoiceNumber -> EInvoice JSON
+        self.return_orders: dict[str, dict[str, Any]] = {}    # returnOrderId -> record
+        self.return_ids: dict[str, str] = {}                  # returnOrderCode -> returnOrderId
+        self.credit_requests: dict[str, dict[str, Any]] = {}  # creditNoteRequestId -> record
+        self.credit_notes: dict[str, dict[str, Any]] = {}     # creditNoteNumber -> ErpCreditNote JSON
+        self.credited: dict[str, Counter[str]] = {}           # invoiceNumber -> units credited per sku
+        self.pdfs: dict[str, tuple[str, ...]] = {}            # file name -> lines printed on the PDF
+        self.keys: dict[tuple[str, str], tuple[Any, str]] = {}  # (action, key) -> (request, resource id)
+        self.pending: list[_Pending] = []
+        self.counters: Counter[str] = Counter()
+        self.duplicates: Counter[str] = Counter()
+
+    def next_id(self, kind: str, template: str) -> str:
+        self.counters[kind] += 1
+        return template.format(self.counters[kind])
+
+    def replay(self, action: str, key: str, request: Any) -> str | None:
+        """Resource id stored under this key, or None for a new key; raises :class:`_Conflict` on another body."""
+        stored = self.keys.get((action, key))
+        if stored is None:
+            return None
+        if stored[0] != request:
+            raise _Conflict
+        self.duplicates[action] += 1
+        return stored[1]
+
+
+def create_erp_sandbox(
+    *,
+    token: str = "erp-sandbox-token",
+    supplier_gstin: str = "29ABCDE1234F1Z5",
+    buyer_gstin: str = "27AABCR1718E1ZY",
+    invoice_prefix: str = "RB2627/",
+    credit_note_prefix: str = "RC2627/",
+    invoice_delay_s: float = 0.2,
+    seed: int = 0,
+) -> FastAPI:
+    """Build the ERP sandbox app.
+
+    :param token: the bearer token every ``/api`` call must carry.
+    :param supplier_gstin: the seller's GSTIN, hashed into every IRN and printed in the QR.
+    :param buyer_gstin: Ajio's GSTIN, printed in the QR.
+    :param invoice_prefix: e-invoice number series (a 6-digit counter is appended).
+    :param credit_note_prefix: credit note number series.
+    :param invoice_delay_s: seconds between booking and the e-invoice (or credit note) becoming visible.
+    :param seed: seed of the random source behind ``error_rate`` and ``timeout_rate``.
+    :raises ValueError: when a prefix would produce numbers NIC rejects.
+    """
+    config = ErpSandboxConfig(
+        invoice_prefix=invoice_prefix,
+        credit_note_prefix=credit_note_prefix,
+        invoice_delay_s=invoice_delay_s,
+        seed=seed,
+    )
+    faults = FaultInjector(config, _render)
+    state = _ErpState()
+
+    def cfg() -> ErpSandboxConfig:
+        return faults.config  # type: ignore[return-value]
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=cfg().clock_offset_s)
+
+    # --- document generation (the "IRP"), under state.lock ---------------------------------
+
+    def register(
+        doc_type: str, number: str, lines: list[dict[str, Any]], total: Decimal, base_url: str
+    ) -> dict[str, Any]:
+        at = clock()
+        irn = einvoice.irn(supplier_gstin, financial_year(at), doc_type, number)
+        main_line = max(lines, key=lambda line: line["quantity"] * line["unitPrice"])
+        state.counters["ack"] += 1
+        ack_number = f"1{at.year % 100:02d}{seed % 100:02d}{state.counters['ack']:010d}"
+        pdf_name = number.replace("/", "-") + ".pdf"
+        title = "TAX INVOICE" if doc_type == "INV" else "CREDIT NOTE"
+        state.pdfs[pdf_name] = (f"{title} {number}", f"IRN {irn}", f"Ack {ack_number}", f"Total INR {_money(total)}")
+        return {
+            "irn": irn,
+            "ackNumber": ack_number,
+            "ackDate": to_omni(at),
+            "signedQrCode": einvoice.signed_qr(
+                seller_gstin=supplier_gstin,
+                buyer_gstin=buyer_gstin,
+                doc_number=number,
+                doc_type=doc_type,
+                doc_date=at,
+                total_value=total,
+                item_count=len(lines),
+                main_hsn_code=hsn_for(main_line["sku"]),
+                irn=irn,
+                irn_date=at,
+            ),
+            "pdfUrl": f"{base_url}/_sandbox/pdf/{pdf_name}",
+            "_date": to_omni(at),
+        }
+
+    def generate_invoice(sales_order_id: str) -> None:
+        order = state.orders[sales_order_id]
+        if order["status"] != "BOOKED":
+            return  # cancelled before the IRP answered: never invoiced
+        number = state.next_id("invoice", cfg().invoice_prefix + "{:06d}")
+        request: SalesOrderRequest = order["_model"]
+        lines = [_line_json(line) for line in request.lines]
+        irp = register("INV", number, lines, request.total_amount, order["_base_url"])
+        state.counters["seq"] += 1
+        state.invoices[number] = {
+            "seq": state.counters["seq"],
+            "invoiceNumber": number,
+            "invoiceDate": irp.pop("_date"),
+            "salesOrderId": sales_order_id,
+            "orderCode": request.order_code,
+            "poNumber": request.po_number,
+            **irp,
+            "lines": lines,
+            "totalValue": _money(request.total_amount),
+            "status": "ACTIVE",
+        }
+        state.credited[number] = Counter()
+        order["status"] = "INVOICED"
+        order["invoiceNumber"] = number
+
+    def generate_credit_note(ref: str) -> None:
+        source = state.return_orders.get(ref) or state.credit_requests[ref]
+        number = state.next_id("credit_note", cfg().credit_note_prefix + "{:06d}")
+        lines = source["_lines"]
+        total = sum((Decimal(str(line["unitPrice"])) * line["quantity"] for line in lines), Decimal(0))
+        irp = register("CRN", number, lines, total, source["_base_url"])
+        state.counters["seq"] += 1
+        state.credit_notes[number] = {
+            "seq": state.counters["seq"],
+            "creditNoteNumber": number,
+            "creditNoteDate": irp.pop("_date"),
+            "returnOrderCode": source.get("returnOrderCode"),
+            "orderCode": source["orderCode"],
+            "invoiceNumber": source["invoiceNumber"],
+            **irp,
+            "lines": lines,
+            "totalValue": _money(total),
+        }
+        source["creditNoteNumber"] = number
+        if "creditNoteRequestId" in source:
+            source["status"] = "GENERATED"
+
+    def tick() -> None:
+        """Publish every document whose delay has passed (called by the ticker thread and by each request)."""
+        now = time.monotonic()
+        with state.lock:
+            due = sorted((p for p in state.pending if p.due <= now), key=lambda p: p.due)
+            if not due:
+                return
+            state.pending = [p for p in state.pending if p.due > now]
+            for item in due:
+                (generate_invoice if item.kind == "invoice" else generate_credit_note)(item.ref)
+
+    def schedule(kind: Literal["invoice", "credit_note"], ref: str) -> None:
+        state.pending.append(_Pending(time.monotonic() + cfg().invoice_delay_s, kind, ref))
+
+    # --- request helpers -------------------------------------------------------------------
+
+    def authorize(request: Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(
+                401, "UNAUTHORIZED", "a valid 'Authorization: Bearer <token>' header is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        tick()
+
+    def idempotency_key(request: Request) -> str:
+        key = request.headers.get("Idempotency-Key", "").strip()
+        if not key:
+            raise ApiError(400, "MISSING_IDEMPOTENCY_KEY", "the Idempotency-Key header is required on this call")
+        if len(key) > 255:
+            raise ApiError(400, "INVALID_IDEMPOTENCY_KEY", "the Idempotency-Key header is longer than 255 characters")
+        return key
+
+    def replay_or_none(action: str, key: str, body: Any) -> str | None:
+        try:
+            return state.replay(action, key, body)
+        except _Conflict:
+            raise ApiError(
+                409, "IDEMPOTENCY_CONFLICT", f"Idempotency-Key {key!r} was already used with a different request"
+            ) from None
+
+    def validated(model: type[Any], body: Any) -> Any:
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            raise ApiError(422, "VALIDATION_FAILED", "; ".join(pydantic_problems(exc))) from exc
+
+    def order_view(sales_order_id: str) -> dict[str, Any]:
+        order = state.orders[sales_order_id]
+        return {k: order[k] for k in ("salesOrderId", "orderCode", "status", "createdAt", "invoiceNumber")}
+
+    def return_view(return_order_id: str) -> dict[str, Any]:
+        record = state.return_orders[return_order_id]
+        return {k: record[k] for k in ("returnOrderId", "returnOrderCode", "status", "creditNoteNumber")}
+
+    def credit_request_view(request_id: str) -> dict[str, Any]:
+        record = state.credit_requests[request_id]
+        return {k: record[k] for k in ("creditNoteRequestId", "status", "invoiceNumber", "creditNoteNumber")}
+
+    def invoice_for_credit(invoice_number: str, order_code: str) -> dict[str, Any]:
+        invoice = state.invoices.get(invoice_number)
+        if invoice is None:
+            raise ApiError(422, "VALIDATION_FAILED", f"invoiceNumber {invoice_number!r} is not a known e-invoice")
+        if invoice["orderCode"] != order_code:
+            raise ApiError(
+                422, "VALIDATION_FAILED",
+                f"invoice {invoice_number} belongs to order {invoice['orderCode']}, not {order_code}",
+            )
+        if invoice["status"] != "ACTIVE":
+            raise ApiError(422, "VALIDATION_FAILED", f"invoice {invoice_number} is cancelled; nothing to credit")
+        return invoice
+
+    def creditable(invoice: dict[str, Any]) -> Counter[str]:
+        """Units per sku still open for credit: invoiced minus already returned or credited."""
+        open_units: Counter[str] = Counter()
+        for line in invoice["lines"]:
+            open_units[line["sku"]] += line["quantity"]
+        open_units.subtract(state.credited[invoice["invoiceNumber"]])
+        return open_units
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(TICK_S):
+                try:
+                    tick()
+                except Exception:  # a sandbox bug must not silently stop every later document
+                    log.exception("ERP sandbox failed to publish documents")
+
+        ticker = threading.Thread(target=run, name="erp-sandbox-irp", daemon=True)
+        ticker.start()
+        yield
+        stop.set()
+        ticker.join(1)
+
+    app = FastAPI(title="ERP sandbox", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    faults.install(app)
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+
+    # --- sales orders ----------------------------------------------------------------------
+
+    @api.post("/sales-orders")
+    async def book_sales_order(request: Request) -> JSONResponse:
+        key = idempotency_key(request)
+        body = await read_json(request)
+        with state.lock:
+            existing = replay_or_none("sales_order", key, body)
+            if existing:
+                return JSONResponse(order_view(existing), status_code=200)
+            order: SalesOrderRequest = validated(SalesOrderRequest, body)
+            lines_total = _total(order.lines)
+            if abs(order.total_amount - lines_total) > TOTAL_TOLERANCE:
+                raise ApiError(
+                    422, "VALIDATION_FAILED",
+                    f"totalAmount {_money(order.total_amount):.2f} differs from the sum of the lines "
+                    f"{_money(lines_total):.2f} by more than {TOTAL_TOLERANCE}",
+                )
+            if order.order_code in state.order_ids:
+                raise ApiError(
+                    409, "DUPLICATE_ORDER",
+                    f"order {order.order_code} is already booked as {state.order_ids[order.order_code]}",
+                )
+            sales_order_id = state.next_id("sales_order", "SO-{:06d}")
+            state.orders[sales_order_id] = {
+                "salesOrderId": sales_order_id,
+                "orderCode": order.order_code,
+                "status": "BOOKED",
+                "createdAt": to_omni(clock()),
+                "invoiceNumber": None,
+                "request": body,
+                "_model": order,
+                "_base_url": str(request.base_url).rstrip("/"),
+            }
+            state.order_ids[order.order_code] = sales_order_id
+            state.keys[("sales_order", key)] = (body, sales_order_id)
+            schedule("invoice", sales_order_id)
+            return JSONResponse(order_view(sales_order_id), status_code=201)
+
+    @api.get("/sales-orders/{salesOrderId}")
+    async def get_sales_order(salesOrderId: str) -> dict[str, Any]:  # noqa: N803 - path name of the contract
+        with state.lock:
+            if salesOrderId not in state.orders:
+                raise ApiError(404, "NOT_FOUND", f"sales order {salesOrderId} does not exist")
+            return order_view(salesOrderId)
+
+    @api.post("/sales-orders/{salesOrderId}/cancel")
+    async def cancel_sales_order(salesOrderId: str, request: Request) -> dict[str, Any]:  # noqa: N803
+        key = idempotency_key(request)
+        with state.lock:
+            if replay_or_none("sales_order_cancel", key, salesOrderId):
+                return order_view(salesOrderId)
+            order = state.orders.get(salesOrderId)
+            if order is None:
+                raise ApiError(404, "NOT_FOUND", f"sales order {salesOrderId} does not exist")
+            invoice = state.invoices.get(order["invoiceNumber"] or "")
+            if invoice is not None and invoice["status"] == "ACTIVE":
+                raise ApiError(
+                    409, "ORDER_INVOICED",
+                    f"order {salesOrderId} has the active e-invoice {invoice['invoiceNumber']}; cancel its IRN first",
+                )
+            if order["status"] == "CANCELLED":
+                state.duplicates["sales_order_cancel"] += 1
+            order["status"] = "CANCELLED"
+            state.keys[("sales_order_cancel", key)] = (salesOrderId, salesOrderId)
+            return order_view(salesOrderId)
+
+    # --- e-invoices ------------------------------------------------------------------------
+
+    @api.get("/e-invoices")
+    async def list_e_invoices(
+        since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)
+    ) -> dict[str, Any]:
+        with state.lock:
+            return _page(state.invoices.values(), since, limit)
+
+    @api.post("/e-invoices/cancel-irn")
+    async def cancel_irn(request: Request) -> dict[str, Any]:
+        key = idempotency_key(request)
+        body = await read_json(request)
+        with state.lock:
+            if (existing := replay_or_none("irn_cancel", key, body)) is not None:
+                return _public(state.invoices[existing])
+            _strings(body, ("invoiceNumber", "reason"))
+            invoice = state.invoices.get(body["invoiceNumber"])
+            if invoice is None:
+                raise ApiError(404, "NOT_FOUND", f"e-invoice {body['invoiceNumber']} does not exist")
+            if invoice["status"] == "CANCELLED":
+                state.duplicates["irn_cancel"] += 1
+            else:
+                acked = parse_datetime(invoice["ackDate"])
+                assert acked is not None
+                if clock() - acked > IRN_CANCEL_WINDOW:
+                    raise ApiError(
+                        409, "IRN_CANCEL_WINDOW_CLOSED",
+                        f"IRN of {invoice['invoiceNumber']} was acknowledged at {invoice['ackDate']}; it can only be "
+                        "cancelled within 24 hours - raise a credit note instead",
+                    )
+                invoice["status"] = "CANCELLED"
+                invoice["cancelReason"] = body["reason"]
+            state.keys[("irn_cancel", key)] = (body, invoice["invoiceNumber"])
+            return _public(invoice)
+
+    # --- returns and credit notes ----------------------------------------------------------
+
+    @api.post("/return-orders")
+    async def create_return_order(request: Request) -> JSONResponse:
+        key = idempotency_key(request)
+        body = await read_json(request)
+        with state.lock:
+            if existing := replay_or_none("return_order", key, body):
+                return JSONResponse(return_view(existing), status_code=200)
+            ret: ReturnOrderRequest = validated(ReturnOrderRequest, body)
+            if ret.return_order_code in state.return_ids:
+                raise ApiError(
+                    409, "DUPLICATE_RETURN_ORDER",
+                    f"return {ret.return_order_code} already exists as {state.return_ids[ret.return_order_code]}",
+                )
+            invoice = invoice_for_credit(ret.invoice_number, ret.order_code)
+            asked: Counter[str] = Counter()
+            for line in ret.lines:
+                asked[line.sku] += line.quantity
+            open_units = creditable(invoice)
+            too_many = [
+                f"{sku}: {units} asked, {max(open_units[sku], 0)} open"
+                for sku, units in asked.items() if units > open_units[sku]
+            ]
+            if too_many:
+                raise ApiError(
+                    422, "VALIDATION_FAILED",
+                    f"return lines exceed the invoiced quantity not yet returned ({'; '.join(too_many)})",
+                )
+            state.credited[invoice["invoiceNumber"]].update(asked)
+            return_order_id = state.next_id("return_order", "RO-{:06d}")
+            state.return_orders[return_order_id] = {
+                "returnOrderId": return_order_id,
+                "returnOrderCode": ret.return_order_code,
+                "status": "CREATED",
+                "creditNoteNumber": None,
+                "orderCode": ret.order_code,
+                "invoiceNumber": ret.invoice_number,
+                "request": body,
+                "_lines": [_line_json(line) for line in ret.lines],
+                "_base_url": str(request.base_url).rstrip("/"),
+            }
+            state.return_ids[ret.return_order_code] = return_order_id
+            state.keys[("return_order", key)] = (body, return_order_id)
+            schedule("credit_note", return_order_id)
+            return JSONResponse(return_view(return_order_id), status_code=201)
+
+    @api.post("/credit-notes")
+    async def request_credit_note(request: Request) -> JSONResponse:
+        key = idempotency_key(request)
+        body = await read_json(request)
+        with state.lock:
+            if existing := replay_or_none("credit_note_request", key, body):
+                return JSONResponse(credit_request_view(existing), status_code=200)
+            _strings(body, ("invoiceNumber", "orderCode", "reason"))
+            invoice = invoice_for_credit(body["invoiceNumber"], body["orderCode"])
+            open_units = creditable(invoice)
+            lines = []
+            for line in invoice["lines"]:
+                units = min(line["quantity"], max(open_units[line["sku"]], 0))
+                open_units[line["sku"]] -= units
+                if units:
+                    lines.append({**line, "quantity": units})
+            if not lines:
+                raise ApiError(
+                    422, "VALIDATION_FAILED", f"invoice {invoice['invoiceNumber']} is already fully credited"
+                )
+            state.credited[invoice["invoiceNumber"]].update({line["sku"]: line["quantity"] for line in lines})
+            request_id = state.next_id("credit_note_request", "CNR-{:06d}")
+            state.credit_requests[request_id] = {
+                "creditNoteRequestId": request_id,
+                "status": "PENDING",
+                "creditNoteNumber": None,
+                "orderCode": body["orderCode"],
+                "invoiceNumber": body["invoiceNumber"],
+                "request": body,
+                "_lines": lines,
+                "_base_url": str(request.base_url).rstrip("/"),
+            }
+            state.keys[("credit_note_request", key)] = (body, request_id)
+            schedule("credit_note", request_id)
+            return JSONResponse(credit_request_view(request_id), status_code=201)
+
+    @api.get("/credit-notes")
+    async def list_credit_notes(
+        since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)
+    ) -> dict[str, Any]:
+        with state.lock:
+            return _page(state.credit_notes.values(), since, limit)
+
+    app.include_router(api)
+
+    # --- sandbox controls (no auth) -------------------------------------------------------
+
+    @app.get("/_sandbox/pdf/{name}")
+    async def document_pdf(name: str) -> Response:
+        with state.lock:
+            lines = state.pdfs.get(name)
+        if lines is None:
+            raise ApiError(404, "NOT_FOUND", f"no document PDF named {name}")
+        return Response(tiny_pdf(*lines), media_type="application/pdf")
+
+    @app.get("/_sandbox/state")
+    async def sandbox_state() -> dict[str, Any]:
+        tick()
+        with state.lock:
+            return {
+                "config": cfg().model_dump(mode="json"),
+                "sales_orders": [_public(order) for order in state.orders.values()],
+                "invoices": [_public(invoice) for invoice in state.invoices.values()],
+                "return_orders": [_public(ret) for ret in state.return_orders.values()],
+                "credit_note_requests": [_public(req) for req in state.credit_requests.values()],
+                "credit_notes": [_public(note) for note in state.credit_notes.values()],
+                "pending_documents": len(state.pending),
+                "duplicates": dict(state.duplicates),
+                **faults.snapshot(),
+            }
+
+    @app.post("/_sandbox/reset")
+    async def sandbox_reset(request: Request) -> dict[str, Any]:
+        body = await read_json(request) if await request.body() else {}
+        with state.lock:
+            state.clear()
+        faults.reset(config=bool(isinstance(body, dict) and body.get("reset_config")))
+        return {"reset": True, "config": cfg().model_dump(mode="json")}
+
+    return app
+
+
+def _strings(body: Any, fields: tuple[str, ...]) -> None:
+    """Check a small request body: exactly ``fields``, each a non-empty string (422 otherwise)."""
+    if not isinstance(body, dict):
+        raise ApiError(422, "VALIDATION_FAILED", "the body must be a JSON object")
+    problems = [f"{f}: a non-empty string is required" for f in fields if not str(body.get(f) or "").strip()]
+    problems += [f"{f}: must be a string" for f in fields if f in body and not isinstance(body[f], str)]
+    problems += [f"{f}: unknown field" for f in sorted(set(body) - set(fields))]
+    if problems:
+        raise ApiError(422, "VALIDATION_FAILED", "; ".join(problems))
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def _page(documents: Iterable[dict[str, Any]], since: int, limit: int) -> dict[str, Any]:
+    items = sorted((d for d in documents if d["seq"] > since), key=lambda d: d["seq"])[:limit]
+    return {"items": [_public(d) for d in items], "nextCursor": items[-1]["seq"] if items else since}
+
+
+def _render(status: int, code: str, message: str, description: str | None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
