@@ -1,0 +1,312 @@
+"""The inbox Omni posts to: authenticate, validate, store once per messageId, answer (domain.md 4.4)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import DataError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from omni_erp import settings
+from omni_erp.ledger import Ledger
+from omni_erp.states import IGNORED, PENDING, STAGE_INBOX
+from omni_erp.ledger.tables import inbox_message
+from omni_erp.models.omni import ReturnOrderPosting, parse_posting
+
+log = logging.getLogger(__name__)
+
+URL_PREFIX = "/omni"  # where both the Airflow plugin and the standalone server mount the inbox
+MAX_BODY_BYTES = 1024 * 1024
+DEAD_LETTER_PAYLOAD_CHARS = 20_000  # what the dead-letter table keeps of a rejected body
+MAX_REPORTED_ERRORS = 5
+EVENT_TYPE_MAX_LENGTH = inbox_message.c.event_type.type.length
+DEAD_LETTER_STAGE = STAGE_INBOX
+
+
+@dataclass
+class InboxSettings:
+    """How the inbox finds its API key and its ledger; both are resolved on request, never at import.
+
+    :param api_key: the key Omni sends, or a zero-argument callable returning it (None = not configured),
+        called on every request so a rotated key takes effect without a restart.
+    :param ledger_url: SQLAlchemy URL of the ledger, or a zero-argument callable returning it; when None,
+        the ledger of connection ``ledger_conn_id`` (embedded SQLite if undefined). Resolved on the first
+        request that needs it and then cached; a failed resolution is retried on the next request.
+    :param ledger_conn_id: Airflow connection of the ledger, used when ``ledger_url`` is None.
+    :param api_key_header: request header that carries the key.
+    :param max_body_bytes: larger bodies are answered 413.
+    """
+
+    api_key: str | Callable[[], str | None] | None
+    ledger_url: str | Callable[[], str] | None = None
+    ledger_conn_id: str = settings.LEDGER_CONN_ID
+    api_key_header: str = settings.INBOX_API_KEY_HEADER
+    max_body_bytes: int = MAX_BODY_BYTES
+
+
+class _Rejected(Exception):
+    """A request we answer with an Increff error body; ``dead_letter`` marks rejections to record."""
+
+    def __init__(self, status: int, message: str, *, outcome: str, dead_letter: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.outcome = outcome
+        self.dead_letter = dead_letter
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """Increff's error shape (domain.md 4.4): Omni shows ``errorMessage`` to its users."""
+    return JSONResponse({"hasError": True, "errorMessage": message}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer FastAPI's own errors (404, 405, 422, 500) in Increff's shape too."""
+
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = error_response(exc.status_code, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, _describe_errors(exc.errors()))
+
+    async def server_error(_request: Request, _exc: Exception) -> JSONResponse:
+        return error_response(500, "internal error in the inbox")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, server_error)
+
+
+class _LazyLedger:
+    """Resolve the ledger once, on first use, without caching failures."""
+
+    def __init__(self, inbox_settings: InboxSettings) -> None:
+        self._settings = inbox_settings
+        self._ledger: Ledger | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Ledger:
+        if self._ledger is None:
+            with self._lock:
+                if self._ledger is None:
+                    self._ledger = self._resolve()
+        return self._ledger
+
+    def _resolve(self) -> Ledger:
+        source = self._settings.ledger_url
+        if source is None:
+            return Ledger.from_conn_id(self._settings.ledger_conn_id)
+        return Ledger(source() if callable(source) else source)
+
+
+def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
+    """Build the inbox app: ``POST /postings`` (one Omni posting per call) and ``GET /health``.
+
+    It never calls the ERP: postings are stored in the ledger and processed by the DAGs
+    (domain.md decision 2). Mount it under ``/omni``.
+
+    :param inbox_settings: API key and ledger sources.
+    """
+    app = FastAPI(title="Omni inbox", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    ledger = _LazyLedger(inbox_settings)
+
+    @app.post("/postings")
+    async def receive_posting(request: Request) -> JSONResponse:
+        started = time.monotonic()
+        meta: dict[str, Any] = {}
+        reason = ""
+        try:
+            await _authenticate(request, inbox_settings)
+            await _read_body(request, inbox_settings.max_body_bytes, meta)
+            outcome = await run_in_threadpool(_store, ledger, meta)
+            response = JSONResponse({"hasError": False})
+        except _Rejected as rejected:
+            if rejected.dead_letter:
+                await run_in_threadpool(_dead_letter, ledger, rejected.message, meta)
+            outcome, reason = rejected.outcome, f" reason={rejected.message!r}"
+            response = error_response(rejected.status, rejected.message)
+        log.info(
+            "inbox posting messageId=%s eventType=%s businessKey=%s outcome=%s status=%d duration_ms=%d%s",
+            _printable(meta.get("message_id")),
+            _printable(meta.get("event_type")),
+            _printable(meta.get("business_key")),
+            outcome,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+            reason,
+        )
+        return response
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            backend = await run_in_threadpool(_ping, ledger)
+        except Exception:  # any failure to reach the ledger means "not healthy"; the traceback is logged
+            log.warning("inbox health: ledger unavailable", exc_info=True)
+            return error_response(503, "ledger unavailable")
+        return JSONResponse({"status": "ok", "ledger": backend})
+
+    return app
+
+
+def build_standalone_app(inbox_settings: InboxSettings) -> FastAPI:
+    """A parent app with the inbox mounted at ``/omni``, as the Airflow API server mounts the plugin.
+
+    Used by ``python -m omni_erp.inbox``, tests and the demo, so Omni's configured URL is the same
+    whichever way the inbox is served.
+
+    :param inbox_settings: API key and ledger sources for the inbox.
+    """
+    app = FastAPI(title="Omni inbox (standalone)", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.mount(URL_PREFIX, create_inbox_app(inbox_settings))
+    return app
+
+
+async def _authenticate(request: Request, inbox_settings: InboxSettings) -> None:
+    source = inbox_settings.api_key
+    try:
+        expected = await run_in_threadpool(source) if callable(source) else source
+    except Exception:  # a failing key lookup (e.g. metadata DB down) must not become a 500 or a 401
+        log.warning("inbox: could not read the API key", exc_info=True)
+        raise _Rejected(503, "inbox not ready; retry", outcome="key_unavailable", dead_letter=False) from None
+    if not expected:
+        log.error("inbox: no API key configured; refusing all postings")
+        raise _Rejected(503, "inbox is not configured; retry later", outcome="no_key", dead_letter=False)
+    given = request.headers.get(inbox_settings.api_key_header, "")
+    # compare_digest needs equal types; bytes also allow non-ASCII keys.
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise _Rejected(
+            401,
+            f"missing or invalid API key in header {inbox_settings.api_key_header}",
+            outcome="unauthorized",
+            dead_letter=False,
+        )
+
+
+async def _read_body(request: Request, limit: int, meta: dict[str, Any]) -> None:
+    """Read the body into ``meta["raw"]``, stopping as soon as it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            meta["raw"] = b"".join(chunks)
+            raise _Rejected(413, f"posting larger than {limit} bytes", outcome="too_large")
+    meta["raw"] = b"".join(chunks)
+
+
+def _store(lazy_ledger: _LazyLedger, meta: dict[str, Any]) -> str:
+    """Validate and store the posting in ``meta["raw"]``; adds the keys known so far to ``meta``."""
+    raw: bytes = meta["raw"]
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Rejected(400, f"malformed JSON: {exc}", outcome="rejected") from None
+    except RecursionError:
+        raise _Rejected(400, "malformed JSON: nested too deeply", outcome="rejected") from None
+    if not isinstance(data, dict):
+        raise _Rejected(400, "the posting must be a JSON object", outcome="rejected")
+    meta.update(_readable_keys(data))
+    try:
+        posting = parse_posting(data)
+    except ValidationError as exc:
+        raise _Rejected(400, _describe_errors(exc.errors()), outcome="rejected") from None
+    if len(posting.event_type) > EVENT_TYPE_MAX_LENGTH:
+        raise _Rejected(400, f"eventType: at most {EVENT_TYPE_MAX_LENGTH} characters", outcome="rejected")
+    meta.update(message_id=posting.message_id, event_type=posting.event_type, business_key=posting.business_key)
+    order_code = posting.forward_order_code if isinstance(posting, ReturnOrderPosting) else posting.order_code
+    try:
+        result = lazy_ledger.get().record_posting(
+            message_id=posting.message_id,
+            event_type=posting.event_type,
+            business_key=posting.business_key,
+            order_code=order_code,
+            payload=data,
+            state=PENDING if posting.event_type in settings.HANDLED_EVENTS else IGNORED,
+        )
+    except DataError:
+        # Deterministic (e.g. a NUL character PostgreSQL refuses): a retry would fail the same way.
+        log.warning("inbox: ledger refused posting %s", _printable(posting.message_id), exc_info=True)
+        raise _Rejected(400, "the posting contains values the ledger cannot store", outcome="rejected") from None
+    except Exception:  # any other failure to resolve or write the ledger: Omni must retry (domain.md 4.5)
+        log.error("inbox: could not store posting %s", _printable(posting.message_id), exc_info=True)
+        raise _Rejected(503, "could not store the posting; retry", outcome="ledger_unavailable", dead_letter=False) from None
+    if result == "conflict":
+        raise _Rejected(
+            409,
+            f"messageId {posting.message_id} was already received with different content",
+            outcome="conflict",
+        )
+    return result
+
+
+def _readable_keys(data: dict[str, Any]) -> dict[str, str]:
+    """messageId, eventType and business key as far as they can be read from an invalid posting."""
+    keys = {
+        "message_id": data.get("messageId"),
+        "event_type": data.get("eventType"),
+        "business_key": data.get("orderCode") or data.get("returnOrderCode"),
+    }
+    return {
+        name: str(value)[: settings.MAX_STRING_LENGTH]
+        for name, value in keys.items()
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != ""
+    }
+
+
+def _printable(value: str | None) -> str | None:
+    # Keys of a rejected posting are untrusted: a newline in them must not forge a log line.
+    return value if value is None or value.isprintable() else repr(value)
+
+
+def _dead_letter(lazy_ledger: _LazyLedger, reason: str, meta: dict[str, Any]) -> None:
+    raw: bytes = meta.get("raw", b"")
+    try:
+        lazy_ledger.get().record_dead_letter(
+            stage=DEAD_LETTER_STAGE,
+            reason=reason,
+            message_id=meta.get("message_id"),
+            business_key=meta.get("business_key"),
+            payload=raw[: DEAD_LETTER_PAYLOAD_CHARS * 4].decode(errors="replace")[:DEAD_LETTER_PAYLOAD_CHARS] or None,
+        )
+    except Exception:  # the rejection stands even if it cannot be recorded; the log keeps the reason
+        log.error(
+            "inbox: could not record the rejection of posting %s (%s)", _printable(meta.get("message_id")), reason, exc_info=True
+        )
+
+
+def _ping(lazy_ledger: _LazyLedger) -> str:
+    ledger = lazy_ledger.get()
+    with ledger.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return ledger.backend
+
+
+def _describe_errors(errors: list[Any]) -> str:
+    """``orderItems.0.orderedQuantity: Input should be a valid integer; ...`` (first few errors)."""
+    parts = []
+    for error in errors[:MAX_REPORTED_ERRORS]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        parts.append(f"{location}: {error.get('msg')}" if location else str(error.get("msg")))
+    if len(errors) > MAX_REPORTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more")
+    return "; ".join(parts)
