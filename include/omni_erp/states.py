@@ -18,3 +18,42 @@ ORDER_REJECTED = "rejected_by_erp"               # the ERP refused it (4xx): a p
 # dead_letter.stage
 STAGE_INBOX = "inbox"
 STAGE_ORDER_POSTING = "order_posting"
+
+# ajio_order.state after booking (F2-F6)
+ORDER_INVOICED = "invoiced"                        # the ERP's e-invoice is recorded (IRN, ack date)
+ORDER_CANCELLED = "cancelled"                      # OUTWARD_ORDER_CANCEL handled; `cancel_route` says how
+ORDER_COMPLETED = "completed"                      # shipped == invoiced
+ORDER_COMPLETED_WITH_RETURN = "completed_with_return"  # shipped < invoiced: a return order covers the rest
+
+# ajio_order.cancel_route (F3, domain.md decision 5)
+CANCEL_NOT_BOOKED = "not_booked"                   # nothing in the ERP: nothing to call
+CANCEL_SALES_ORDER = "sales_order_cancelled"       # booked, not e-invoiced
+CANCEL_IRN = "irn_cancelled"                       # e-invoiced < 24 h ago: IRN and order cancelled
+CANCEL_CREDIT_NOTE = "credit_note"                 # e-invoiced >= 24 h ago: credit note kept in the ERP
+
+# erp_document.doc_type and .state (F2, F6)
+DOC_INVOICE = "invoice"
+DOC_CREDIT_NOTE = "credit_note"
+DOC_READY = "ready_to_upload"      # recorded and matched; the next upload sends it
+DOC_UPLOADED = "uploaded"          # Omni answered 200
+DOC_UPLOAD_FAILED = "upload_failed"  # Omni answered 4xx: a person fixes it and re-triggers
+DOC_UNMATCHED = "unmatched"        # no order (or return order) in the ledger for it
+DOC_MISMATCH = "mismatch"          # totals or quantities disagree with the order
+DOC_SKIPPED = "not_uploaded_order_cancelled"  # the order was cancelled in Omni
+DOC_KEPT_IN_ERP = "kept_in_erp"    # credit notes the SOP keeps out of Omni (F3 >= 24 h, F4 partial cancel)
+
+# return_order.kind and .state (F4, F5)
+RETURN_CUSTOMER = "CUSTOMER_RETURN"
+RETURN_RTO = "RETURN_TO_ORIGIN"
+RETURN_PARTIAL_CANCEL = "PARTIAL_CANCEL_AFTER_INVOICE"
+RETURN_READY = "ready_to_book"
+RETURN_BOOKED = "booked"
+RETURN_MANUAL_ONLY = "manual_settlement_only"  # no unit passed QC: nothing to credit automatically
+RETURN_REJECTED = "rejected_by_erp"
+
+# dead_letter.stage for the other flows
+STAGE_INVOICE_UPLOAD = "invoice_upload"
+STAGE_CANCELLATION = "order_cancellation"
+STAGE_COMPLETION = "order_completion"
+STAGE_RETURN = "return_posting"
+STAGE_CREDIT_NOTE_UPLOAD = "credit_note_upload"

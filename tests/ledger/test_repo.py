@@ -147,3 +147,78 @@ def test_claimed_posting_state_survives_a_new_engine(sqlite_ledger_url):
     ledger_engine.dispose_all()
     row = Ledger(sqlite_ledger_url).postings()[0]
     assert (row["state"], row["outcome"], row["last_error"]) == (DEAD, "dead_letter", "why")
+
+
+# --- schema version 2: documents, shipments, return orders, manual settlement -----------------
+
+
+def test_a_version_1_ledger_is_migrated_in_place(ledger_url):
+    """A ledger created by the first release (no v2 tables, no cancel_route column) upgrades on first use."""
+    from omni_erp.ledger import engine as ledger_engine
+    from omni_erp.ledger import tables as t
+
+    old_orders = sa.Table(
+        "ajio_order", sa.MetaData(),
+        *[c.copy() for c in t.ajio_order.columns if c.name not in {"cancel_route", "closed_at"}],
+    )
+    raw = sa.create_engine(ledger_url)
+    with raw.begin() as conn:
+        t.schema_version.create(conn)
+        for table in (t.inbox_message, t.outbound_call, t.dead_letter, t.sync_cursor):
+            table.create(conn)
+        old_orders.create(conn)
+        conn.execute(t.schema_version.insert().values(version=1, applied_at=sa.func.now()))
+        conn.execute(old_orders.insert().values(order_code="FN1", state="booked", lines="[]", total_amount=1,
+                                                created_at=sa.func.now(), updated_at=sa.func.now()))
+    raw.dispose()
+    ledger_engine.dispose_all()
+
+    ledger = Ledger(ledger_url)
+    with ledger.engine.connect() as conn:
+        assert current_version(conn) == SCHEMA_VERSION == 2
+        assert {"erp_document", "shipment", "return_order", "manual_settlement"} <= set(sa.inspect(conn).get_table_names())
+    ledger.update_order("FN1", cancel_route="not_booked")
+    assert ledger.get_order("FN1")["cancel_route"] == "not_booked"
+
+
+def test_documents_are_recorded_once_per_number_with_aware_times(ledger_url):
+    ledger = Ledger(ledger_url)
+    doc = dict(doc_type="invoice", doc_number="RB2627/000001", order_code="FN1", related_code=None, seq=4,
+               payload={"irn": "x"}, state="ready_to_upload")
+    assert ledger.record_document(**doc)
+    assert not ledger.record_document(**{**doc, "payload": {"irn": "other"}})
+    ledger.update_document("invoice", "RB2627/000001", state="uploaded", upload_attempts=1)
+    stored = ledger.get_document("invoice", "RB2627/000001")
+    assert stored["payload"] == {"irn": "x"} and stored["state"] == "uploaded"
+    assert stored["created_at"].tzinfo is not None
+    assert [d["doc_number"] for d in ledger.documents("invoice", states=["uploaded"])] == ["RB2627/000001"]
+
+
+def test_shipments_are_deduplicated_by_shipment_code(ledger_url):
+    ledger = Ledger(ledger_url)
+    items = [{"sku": "A", "quantity": 1}]
+    assert ledger.record_shipment(shipment_code="SHP-1", order_code="FN1", message_id="1", items=items)
+    assert not ledger.record_shipment(shipment_code="SHP-1", order_code="FN1", message_id="2", items=items)
+    assert ledger.record_shipment(shipment_code="SHP-2", order_code="FN1", message_id="2", items=items)
+    assert [s["shipment_code"] for s in ledger.order_shipments("FN1")] == ["SHP-1", "SHP-2"]
+
+
+def test_return_orders_and_manual_settlements(ledger_url):
+    ledger = Ledger(ledger_url)
+    first = ledger.register_return_order(return_order_code="RTN-1", order_code="FN1", kind="CUSTOMER_RETURN",
+                                         state="ready_to_book", lines=[{"sku": "A", "quantity": 1}], erp_request={"a": 1})
+    again = ledger.register_return_order(return_order_code="RTN-1", order_code="FN1", kind="CUSTOMER_RETURN",
+                                         state="ready_to_book", lines=[], erp_request=None)
+    assert first == again and again["lines"] == [{"sku": "A", "quantity": 1}]
+    item = dict(return_order_code="RTN-1", item_code="RTN-1-2", order_code="FN1", sku="A", qc_status="FAIL",
+                qc_reason="STAIN_DAMAGE", reason="QC failed")
+    assert ledger.record_manual_settlement(**item)
+    assert not ledger.record_manual_settlement(**item)
+    assert [m["item_code"] for m in ledger.manual_settlements("RTN-1")] == ["RTN-1-2"]
+
+
+def test_cursor_only_moves_forward(ledger_url):
+    ledger = Ledger(ledger_url)
+    assert ledger.advance_cursor("einvoice", 10) == 10
+    assert ledger.advance_cursor("einvoice", 7) == 10
+    assert ledger.get_cursor("einvoice") == "10"

@@ -113,8 +113,21 @@ def _v1(conn: Connection) -> None:
             table.create(conn)
 
 
+def _v2(conn: Connection) -> None:
+    """F2-F6: ERP documents, shipments, return orders, manual settlements; cancellation route on orders."""
+    existing = set(inspect(conn).get_table_names())
+    for table in (tables.erp_document, tables.shipment, tables.return_order, tables.manual_settlement):
+        if table.name not in existing:
+            table.create(conn)
+    order_columns = {c["name"] for c in inspect(conn).get_columns(tables.ajio_order.name)}
+    for column in ("cancel_route VARCHAR(32)", "closed_at TIMESTAMP WITH TIME ZONE"):
+        if column.split()[0] not in order_columns:
+            ddl = column if conn.dialect.name == "postgresql" else column.replace(" WITH TIME ZONE", "")
+            conn.execute(text(f"ALTER TABLE {tables.ajio_order.name} ADD COLUMN {ddl}"))
+
+
 # Ordered; each step runs once, in its own transaction, and records its version.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -204,7 +204,7 @@ class Ledger:
             .order_by(m.c.id)
         )
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query).all()]
+            return [_mapping(r) for r in conn.execute(query).all()]
 
     # --- orders -------------------------------------------------------------------------------
 
@@ -320,7 +320,7 @@ class Ledger:
         if stage:
             query = query.where(t.dead_letter.c.stage == stage)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query).all()]
+            return [_mapping(r) for r in conn.execute(query).all()]
 
     def get_cursor(self, name: str, default: str | None = None) -> str | None:
         with self.engine.connect() as conn:
@@ -335,6 +335,206 @@ class Ledger:
             ).rowcount
             if not changed:
                 conn.execute(insert(t.sync_cursor).values(name=name, value=value, updated_at=ts))
+
+    def advance_cursor(self, name: str, value: int) -> int:
+        """Move an integer cursor forward only (never back); returns the stored value."""
+        current = int(self.get_cursor(name, "0") or 0)
+        if value > current:
+            self.set_cursor(name, str(value))
+            return value
+        return current
+
+    # --- ERP documents (F2, F6) ---------------------------------------------------------------
+
+    def record_document(
+        self,
+        *,
+        doc_type: str,
+        doc_number: str,
+        order_code: str | None,
+        related_code: str | None,
+        seq: int | None,
+        payload: dict[str, Any],
+        state: str,
+        reason: str | None = None,
+        batch_id: str | None = None,
+    ) -> bool:
+        """Record an ERP document once per (type, number); True when it is new."""
+        ts = now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(t.erp_document).values(
+                        doc_type=doc_type,
+                        doc_number=doc_number,
+                        order_code=order_code,
+                        related_code=related_code,
+                        seq=seq,
+                        payload=json.dumps(payload, default=str),
+                        state=state,
+                        reason=reason,
+                        upload_attempts=0,
+                        batch_id=batch_id,
+                        created_at=ts,
+                        updated_at=ts,
+                    )
+                )
+            return True
+        except IntegrityError:
+            return False
+
+    def get_document(self, doc_type: str, doc_number: str) -> dict[str, Any] | None:
+        d = t.erp_document
+        with self.engine.connect() as conn:
+            row = conn.execute(select(d).where(d.c.doc_type == doc_type, d.c.doc_number == doc_number)).first()
+        return _document(row) if row else None
+
+    def documents(
+        self,
+        doc_type: str,
+        *,
+        states: list[str] | None = None,
+        order_code: str | None = None,
+        batch_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Documents of a type, oldest feed position first, optionally filtered."""
+        d = t.erp_document
+        query = select(d).where(d.c.doc_type == doc_type).order_by(d.c.seq, d.c.id)
+        if states:
+            query = query.where(d.c.state.in_(states))
+        if order_code:
+            query = query.where(d.c.order_code == order_code)
+        if batch_id:
+            query = query.where(d.c.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            return [_document(r) for r in conn.execute(query).all()]
+
+    def update_document(self, doc_type: str, doc_number: str, **values: Any) -> None:
+        d = t.erp_document
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(d).where(d.c.doc_type == doc_type, d.c.doc_number == doc_number).values(updated_at=now(), **values)
+            )
+
+    # --- shipments (F4) -----------------------------------------------------------------------
+
+    def record_shipment(self, *, shipment_code: str, order_code: str, message_id: str, items: list[dict[str, Any]]) -> bool:
+        """Record a shipment once per shipmentCode (it repeats in every later posting); True when new."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(t.shipment).values(
+                        shipment_code=shipment_code,
+                        order_code=order_code,
+                        message_id=message_id,
+                        items=json.dumps(items, default=str),
+                        created_at=now(),
+                    )
+                )
+            return True
+        except IntegrityError:
+            return False
+
+    def order_shipments(self, order_code: str) -> list[dict[str, Any]]:
+        s = t.shipment
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s).where(s.c.order_code == order_code).order_by(s.c.shipment_code)).all()
+        return [{**dict(r._mapping), "items": json.loads(r.items)} for r in rows]
+
+    # --- return orders and manual settlement (F4, F5) -----------------------------------------
+
+    def register_return_order(
+        self,
+        *,
+        return_order_code: str,
+        order_code: str,
+        kind: str,
+        state: str,
+        lines: list[dict[str, Any]],
+        erp_request: dict[str, Any] | None,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Insert the return order if it is new and return the stored row (the first one wins)."""
+        ts = now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(t.return_order).values(
+                        return_order_code=return_order_code,
+                        order_code=order_code,
+                        kind=kind,
+                        message_id=message_id,
+                        state=state,
+                        lines=json.dumps(lines, default=str),
+                        erp_request=json.dumps(erp_request, default=str) if erp_request is not None else None,
+                        created_at=ts,
+                        updated_at=ts,
+                    )
+                )
+        except IntegrityError:
+            pass
+        stored = self.get_return_order(return_order_code)
+        assert stored is not None
+        return stored
+
+    def get_return_order(self, return_order_code: str) -> dict[str, Any] | None:
+        r = t.return_order
+        with self.engine.connect() as conn:
+            row = conn.execute(select(r).where(r.c.return_order_code == return_order_code)).first()
+        return _return_order(row) if row else None
+
+    def return_orders(self, *, order_code: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        r = t.return_order
+        query = select(r).order_by(r.c.created_at, r.c.return_order_code)
+        if order_code:
+            query = query.where(r.c.order_code == order_code)
+        if kind:
+            query = query.where(r.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [_return_order(row) for row in conn.execute(query).all()]
+
+    def update_return_order(self, return_order_code: str, **values: Any) -> None:
+        r = t.return_order
+        with self.engine.begin() as conn:
+            conn.execute(update(r).where(r.c.return_order_code == return_order_code).values(updated_at=now(), **values))
+
+    def record_manual_settlement(
+        self,
+        *,
+        return_order_code: str,
+        item_code: str,
+        order_code: str,
+        sku: str,
+        qc_status: str | None,
+        qc_reason: str | None,
+        reason: str,
+    ) -> bool:
+        """List a returned unit for offline settlement with Ajio, once per item; True when new."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(t.manual_settlement).values(
+                        return_order_code=return_order_code,
+                        item_code=item_code,
+                        order_code=order_code,
+                        sku=sku,
+                        qc_status=qc_status,
+                        qc_reason=qc_reason,
+                        reason=reason,
+                        created_at=now(),
+                    )
+                )
+            return True
+        except IntegrityError:
+            return False
+
+    def manual_settlements(self, return_order_code: str | None = None) -> list[dict[str, Any]]:
+        m = t.manual_settlement
+        query = select(m).order_by(m.c.id)
+        if return_order_code:
+            query = query.where(m.c.return_order_code == return_order_code)
+        with self.engine.connect() as conn:
+            return [_mapping(r) for r in conn.execute(query).all()]
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -355,7 +555,7 @@ class Ledger:
         if idempotency_key:
             query = query.where(t.outbound_call.c.idempotency_key == idempotency_key)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query).all()]
+            return [_mapping(r) for r in conn.execute(query).all()]
 
     def postings(self, event_type: str | None = None) -> list[dict[str, Any]]:
         m = t.inbox_message
@@ -363,7 +563,7 @@ class Ledger:
         if event_type:
             query = query.where(m.c.event_type == event_type)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query).all()]
+            return [_mapping(r) for r in conn.execute(query).all()]
 
 
 def _claimed(row: Any) -> ClaimedPosting:
@@ -378,17 +578,33 @@ def _claimed(row: Any) -> ClaimedPosting:
     )
 
 
+def _mapping(row: Any) -> dict[str, Any]:
+    """Row as a dict with aware UTC datetimes (SQLite hands back naive ones)."""
+    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()}
+
+
 def _order(row: Any) -> dict[str, Any]:
-    order = dict(row._mapping)
+    order = _mapping(row)
     order["lines"] = json.loads(order["lines"])
     order["erp_request"] = json.loads(order["erp_request"]) if order["erp_request"] else None
     return order
 
 
+def _document(row: Any) -> dict[str, Any]:
+    document = _mapping(row)
+    document["payload"] = json.loads(document["payload"])
+    return document
+
+
+def _return_order(row: Any) -> dict[str, Any]:
+    stored = _mapping(row)
+    stored["lines"] = json.loads(stored["lines"])
+    stored["erp_request"] = json.loads(stored["erp_request"]) if stored["erp_request"] else None
+    return stored
+
+
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes for timezone-aware columns; normalise to aware UTC."""
-    from datetime import UTC
-
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)

@@ -67,7 +67,9 @@ ajio_order = Table(
     Column("erp_sales_order_id", String(255)),
     Column("erp_invoice_number", String(64)),
     Column("irn", String(64)),
-    Column("invoiced_at", DateTime(timezone=True)),
+    Column("invoiced_at", DateTime(timezone=True)),  # IRN acknowledgement time: starts the 24 h window
+    Column("cancel_route", String(32)),  # added in schema version 2
+    Column("closed_at", DateTime(timezone=True)),  # added in schema version 2
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_ajio_order_state", "state"),
@@ -115,4 +117,75 @@ sync_cursor = Table(
     Column("name", String(128), primary_key=True),
     Column("value", String(255), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- schema version 2 (F2-F6) ------------------------------------------------------------------
+
+# Every ERP document we read (e-invoices, credit notes): one row per number, its upload state.
+erp_document = Table(
+    "erp_document",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("doc_type", String(32), nullable=False),  # invoice | credit_note
+    Column("doc_number", String(64), nullable=False),
+    Column("order_code", String(255)),
+    Column("related_code", String(255)),  # credit note: its return order code, else the invoice number
+    Column("seq", Integer),  # position in the ERP's feed
+    Column("payload", Text, nullable=False),  # the ERP document as read (no secrets in it)
+    Column("state", String(32), nullable=False),
+    Column("reason", Text),
+    Column("upload_attempts", Integer, nullable=False, default=0),
+    Column("uploaded_at", DateTime(timezone=True)),
+    Column("batch_id", String(255)),  # the run that last touched it
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("doc_type", "doc_number", name="uq_erp_document_number"),
+    Index("ix_erp_document_state", "doc_type", "state"),
+    Index("ix_erp_document_order", "order_code"),
+)
+
+# Shipments seen in COMPLETE postings, once per shipmentCode (a shipment repeats in later postings).
+shipment = Table(
+    "shipment",
+    metadata,
+    Column("shipment_code", String(255), primary_key=True),
+    Column("order_code", String(255), nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("items", Text, nullable=False),  # JSON: [{sku, quantity}]
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_shipment_order", "order_code"),
+)
+
+# ERP return orders: customer returns and RTOs (F5), and partial cancellations after e-invoicing (F4).
+return_order = Table(
+    "return_order",
+    metadata,
+    Column("return_order_code", String(255), primary_key=True),
+    Column("order_code", String(255), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("message_id", String(255)),
+    Column("state", String(32), nullable=False),
+    Column("lines", Text, nullable=False),  # JSON: credited units per SKU
+    Column("erp_request", Text),
+    Column("erp_return_order_id", String(255)),
+    Column("credit_note_number", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_return_order_order", "order_code"),
+)
+
+# Returned units not credited automatically (QC FAIL or missing): settled offline with Ajio.
+manual_settlement = Table(
+    "manual_settlement",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("return_order_code", String(255), nullable=False),
+    Column("item_code", String(255), nullable=False),
+    Column("order_code", String(255), nullable=False),
+    Column("sku", String(255), nullable=False),
+    Column("qc_status", String(32)),
+    Column("qc_reason", String(255)),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("return_order_code", "item_code", name="uq_manual_settlement_item"),
 )

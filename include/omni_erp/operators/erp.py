@@ -14,6 +14,7 @@ from omni_erp.operators.base import LedgerOperator
 from omni_erp.states import (
     DEAD,
     ORDER_BOOKED,
+    ORDER_CANCELLED,
     ORDER_NOTHING_TO_INVOICE,
     ORDER_READY,
     ORDER_REJECTED,
@@ -75,6 +76,10 @@ class ErpSalesOrderMapOperator(LedgerOperator):
             return "dead_letter"
 
         known = ledger.get_order(plan.order_code)
+        if known is not None and known["state"] == ORDER_CANCELLED and known["create_message_id"] is None:
+            # The cancellation arrived first (F3 recorded it); this order must never be booked.
+            ledger.finish_posting(posting.message_id, outcome="cancelled_before_booking")
+            return "cancelled_before_booking"
         if known is not None and known["create_message_id"] != posting.message_id:
             ledger.finish_posting(posting.message_id, outcome="duplicate_order")
             self.log.info(
@@ -167,6 +172,10 @@ class ErpSalesOrderCreateOperator(LedgerOperator):
         if order["state"] == ORDER_BOOKED:
             ledger.finish_posting(posting.message_id, outcome="booked")
             return "already_booked"
+        if order["state"] != ORDER_READY:
+            # Cancelled between mapping and booking (F3 ran in between): do not book.
+            ledger.finish_posting(posting.message_id, outcome=f"not_booked_{order['state']}")
+            return f"not_booked_{order['state']}"
         request = SalesOrderRequest.model_validate(order["erp_request"])
         try:
             booking = self.erp.create_sales_order(request, idempotency_key=sales_order_key(order["order_code"]))
