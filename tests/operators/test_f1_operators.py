@@ -106,6 +106,7 @@ def test_missing_po_and_zero_quantity_are_not_booked(erp, ledger):
     assert ledger.get_order("FN0000000002")["state"] == "nothing_to_invoice"
     report = _run(LedgerBatchReportOperator)
     assert report["by_outcome"] == {"dead:dead_letter": 1, "done:nothing_to_invoice": 1}
+    assert report["documents"] == 0
 
 
 def test_erp_rejection_is_dead_lettered_with_the_erps_message(erp, ledger):

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from omni_erp.operators.base import LedgerOperator
-from omni_erp.states import PENDING
+from omni_erp.states import DOC_CREDIT_NOTE, DOC_INVOICE, PENDING
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
 class LedgerBatchReportOperator(LedgerOperator):
-    """Close the run's batch: log one line per posting it touched and return the counts.
+    """Close the run's batch: log one line per posting and ERP document it touched and return the counts.
 
     Meant to run last with ``trigger_rule="all_done"``, so the log always says what happened to every
     order of the run. Postings the run still holds (an upstream task failed) go back to the queue at
@@ -44,6 +44,17 @@ class LedgerBatchReportOperator(LedgerOperator):
                 self.log.info("Outcome of batch %s (%d postings):\n%s", self.batch_id, len(rows), table.to_string(index=False))
         else:
             self.log.info("Batch %s touched no postings", self.batch_id)
+        documents = [
+            {k: d[k] for k in ("doc_type", "doc_number", "order_code", "related_code", "state", "reason")}
+            for doc_type in (DOC_INVOICE, DOC_CREDIT_NOTE)
+            for d in self.ledger.documents(doc_type, batch_id=self.batch_id)
+        ]
+        if documents:
+            table = pd.DataFrame(documents)
+            table["reason"] = table["reason"].fillna("").str.slice(0, 80)
+            with pd.option_context("display.max_rows", 1000, "display.width", 250, "display.max_colwidth", 80):
+                self.log.info("ERP documents of batch %s (%d):\n%s", self.batch_id, len(documents), table.to_string(index=False))
+        counts.update(f"{d['doc_type']}:{d['state']}" for d in documents)
         self.log.info("Totals: %s", dict(counts))
         unfinished = [r for r in rows if r["state"] == PENDING]
         if unfinished and self.fail_on_unfinished:
@@ -51,4 +62,9 @@ class LedgerBatchReportOperator(LedgerOperator):
                 f"{len(unfinished)} of {len(rows)} posting(s) were not processed in this run and wait for the next one; "
                 f"first reason: {unfinished[0]['last_error']}"
             )
-        return {"batch_id": self.batch_id, "postings": len(rows), "by_outcome": dict(sorted(counts.items()))}
+        return {
+            "batch_id": self.batch_id,
+            "postings": len(rows),
+            "documents": len(documents),
+            "by_outcome": dict(sorted(counts.items())),
+        }
