@@ -85,7 +85,8 @@ def ledger_url_for_conn_id(conn_id: str = settings.LEDGER_CONN_ID) -> str:
     if conn is None:
         return sqlite_url(settings.default_ledger_path())
     conn_type = (conn.conn_type or "").lower()
-    if conn_type == "sqlite":
+    # `airflow connections add --conn-type sqlite` stores "generic" when no sqlite provider is installed.
+    if conn_type == "sqlite" or (conn_type in {"generic", ""} and (conn.host or "").startswith("/")):
         if not conn.host:
             raise ValueError(f"connection {conn_id!r}: a sqlite ledger needs the file path in 'host'")
         return sqlite_url(conn.host)
@@ -100,7 +101,9 @@ def ledger_url_for_conn_id(conn_id: str = settings.LEDGER_CONN_ID) -> str:
             port=conn.port or 5432,
             database=conn.schema or "postgres",
         ).render_as_string(hide_password=False)
-    raise ValueError(f"connection {conn_id!r}: ledger conn_type must be sqlite or postgres, not {conn_type!r}")
+    raise ValueError(
+        f"connection {conn_id!r}: ledger conn_type must be sqlite (host = absolute file path) or postgres, not {conn_type!r}"
+    )
 
 
 # --- migrations ---------------------------------------------------------------------------
