@@ -5,7 +5,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet
 
-.PHONY: venv demo test test-fast bench lock clean
+.PHONY: venv demo test test-fast bench lint lock clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -32,6 +32,10 @@ test-fast: venv
 ## bench: throughput and parse-time benchmarks
 bench: venv
 	$(VENV)/bin/python -m benchmarks
+
+## lint: ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade and Airflow's AIR rules)
+lint: venv
+	$(VENV)/bin/ruff check include dags plugins tests benchmarks
 
 ## lock: recompile requirements.txt from requirements.in (exact pins)
 lock: venv

@@ -126,7 +126,7 @@ def test_erp_outage_defers_postings_and_the_report_fails_the_run(erp, ledger):
     erp.configure(error_rate=1.0)
     _run(OmniInboxClaimOperator, event_types=[CREATE])
     _run(ErpSalesOrderMapOperator)
-    with pytest.raises(AirflowFailException, match="5 order\\(s\\) deferred"):
+    with pytest.raises(AirflowFailException, match="5 item\\(s\\) deferred"):
         _run(ErpSalesOrderCreateOperator, max_consecutive_unavailable=2)
     # Only two orders were tried before the circuit opened; the other three were not attempted.
     sales_order_calls = [c for c in ledger.calls() if c["operation"] == "create_sales_order"]

@@ -22,9 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omni_erp import settings
 from omni_erp.ledger import Ledger
-from omni_erp.states import IGNORED, PENDING, STAGE_INBOX
 from omni_erp.ledger.tables import inbox_message
 from omni_erp.models.omni import ReturnOrderPosting, parse_posting
+from omni_erp.states import IGNORED, PENDING, STAGE_INBOX
 
 log = logging.getLogger(__name__)
 

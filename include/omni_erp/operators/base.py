@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator
 
 from omni_erp import settings
+from omni_erp.exceptions import RemoteUnavailableError
 
 if TYPE_CHECKING:
     from omni_erp.hooks.base import Attempt
     from omni_erp.ledger import Ledger
+
+Item = TypeVar("Item")
 
 # One batch per DAG run: a retried task re-reads the same batch instead of claiming a new one.
 DEFAULT_BATCH_ID = "{{ dag.dag_id }}/{{ run_id }}"
@@ -53,3 +58,49 @@ class LedgerOperator(BaseOperator):
             error=attempt.error,
             batch_id=self.batch_id,
         )
+
+    def process_each(
+        self,
+        items: Iterable[Item],
+        handle: Callable[[Item], str],
+        *,
+        defer: Callable[[Item, str], None],
+        max_consecutive_unavailable: int = 3,
+    ) -> dict[str, Any]:
+        """Handle each item, count outcomes, and survive an outage without losing anything.
+
+        ``handle`` returns the item's outcome. When it raises ``RemoteUnavailableError`` (the hook already
+        retried), ``defer`` gives the item back for the next run; after ``max_consecutive_unavailable``
+        such failures in a row the remaining items are deferred without calling the remote system again.
+        Returns the XCom summary; raises ``AirflowFailException`` after the loop when anything was
+        deferred, so the run shows red while nothing is lost.
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
+        outcomes: Counter[str] = Counter()
+        unavailable_in_a_row = 0
+        last_outage = ""
+        for item in items:
+            if unavailable_in_a_row >= max_consecutive_unavailable:
+                defer(item, f"not attempted, remote system unavailable: {last_outage}")
+                outcomes["deferred"] += 1
+                continue
+            try:
+                outcome = handle(item)
+            except RemoteUnavailableError as exc:
+                unavailable_in_a_row += 1
+                last_outage = str(exc)
+                defer(item, last_outage)
+                self.log.warning("Deferred to the next run: %s", exc)
+                outcome = "deferred"
+            else:
+                unavailable_in_a_row = 0
+            outcomes[outcome] += 1
+        summary = {"batch_id": self.batch_id, **{k: outcomes[k] for k in sorted(outcomes)}}
+        self.log.info("%s: %s", self.task_id, summary)
+        if outcomes["deferred"]:
+            raise AirflowFailException(
+                f"{outcomes['deferred']} item(s) deferred because a remote system is unavailable ({last_outage}); "
+                f"they wait for the next run. Summary: {summary}"
+            )
+        return summary

@@ -6,10 +6,8 @@ from collections import Counter
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from omni_erp import settings
-from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
+from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import LedgerOperator
 from omni_erp.states import (
     DEAD,
@@ -131,35 +129,12 @@ class ErpSalesOrderCreateOperator(LedgerOperator):
         return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        outcomes: Counter[str] = Counter()
-        unavailable_in_a_row = 0
-        last_outage = ""
-        for posting in self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]):
-            if unavailable_in_a_row >= self.max_consecutive_unavailable:
-                self.ledger.release_posting(posting.message_id, error=f"not attempted, ERP unavailable: {last_outage}")
-                outcomes["deferred"] += 1
-                continue
-            try:
-                outcome = self._book_one(posting)
-            except RemoteUnavailableError as exc:
-                unavailable_in_a_row += 1
-                last_outage = str(exc)
-                self.ledger.release_posting(posting.message_id, error=last_outage)
-                self.log.warning("ERP unavailable for order %s; deferred to the next run: %s", posting.order_code, exc)
-                outcome = "deferred"
-            else:
-                unavailable_in_a_row = 0
-            outcomes[outcome] += 1
-
-        summary = {"batch_id": self.batch_id, **{k: outcomes[k] for k in sorted(outcomes)}}
-        self.log.info("Booked batch %s: %s", self.batch_id, summary)
-        if outcomes["deferred"]:
-            raise AirflowFailException(
-                f"{outcomes['deferred']} order(s) deferred because the ERP is unavailable ({last_outage}); "
-                "they are back in the queue for the next run. Summary: "
-                f"{summary}"
-            )
-        return summary
+        return self.process_each(
+            self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
+            self._book_one,
+            defer=lambda posting, error: self.ledger.release_posting(posting.message_id, error=error),
+            max_consecutive_unavailable=self.max_consecutive_unavailable,
+        )
 
     def _book_one(self, posting: ClaimedPosting) -> str:
         from omni_erp.models.erp import SalesOrderRequest
