@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omni_erp import settings
+from omni_erp.exceptions import PayloadError
 from omni_erp.hooks.base import AttemptObserver, RetryingJsonHook, RetryPolicy
 from omni_erp.models.erp import (
     CreditNotePage,
@@ -42,7 +43,7 @@ class ErpAdapter(ABC):
 
     @abstractmethod
     def einvoices_since(self, cursor: int, *, limit: int = 100) -> EInvoicePage:
-        """E-invoices that became visible after ``cursor``, oldest first."""
+        """Visible e-invoices with ``seq > cursor`` in seq order; a document may appear after higher seqs."""
 
     @abstractmethod
     def cancel_sales_order(self, sales_order_id: str, *, idempotency_key: str) -> SalesOrder:
@@ -62,7 +63,11 @@ class ErpAdapter(ABC):
 
     @abstractmethod
     def credit_notes_since(self, cursor: int, *, limit: int = 100) -> CreditNotePage:
-        """Credit notes that became visible after ``cursor``, oldest first."""
+        """Visible credit notes with ``seq > cursor`` in seq order; a document may appear after higher seqs."""
+
+    @abstractmethod
+    def download_pdf(self, url: str, *, key: str) -> bytes:
+        """The signed PDF of an invoice or credit note (for uploads that send the PDF itself)."""
 
 
 class BearerAuth:
@@ -155,3 +160,21 @@ class ErpHook(RetryingJsonHook, ErpAdapter):
             "GET", "/api/v1/credit-notes", operation="list_credit_notes", params={"since": cursor, "limit": limit}
         )
         return CreditNotePage.model_validate(response.json())
+
+    def download_pdf(self, url: str, *, key: str) -> bytes:
+        """Download a PDF from the ERP's own host only: the hook authenticates every call, so the token
+        must never be sent to another host.
+
+        :raises PayloadError: the URL is on another host, or the answer is not a PDF.
+        """
+        from urllib.parse import urlsplit
+
+        base, target = urlsplit(self.url_from_endpoint("")), urlsplit(url)
+        base_path = base.path.rstrip("/")
+        if (target.scheme, target.netloc) != (base.scheme, base.netloc) or not target.path.startswith(base_path):
+            raise PayloadError(f"pdfUrl is not on the ERP connection's host ({target.netloc}); use document='url'")
+        endpoint = target.path[len(base_path) :] + (f"?{target.query}" if target.query else "")
+        response = self.call("GET", endpoint, operation="download_pdf", idempotency_key=key)
+        if not response.content.startswith(b"%PDF"):
+            raise PayloadError(f"pdfUrl did not return a PDF (content type {response.headers.get('content-type')})")
+        return response.content

@@ -144,7 +144,8 @@ class ErpSalesOrderCreateOperator(LedgerOperator):
         if order is None or order["create_message_id"] != posting.message_id:
             # Mapping closed or dead-lettered it; nothing to book for this posting.
             return "skipped"
-        if order["state"] == ORDER_BOOKED:
+        if order["erp_sales_order_id"]:
+            # Booked earlier (this task retried, or the ERP's answer was lost and F2 already matched the invoice).
             ledger.finish_posting(posting.message_id, outcome="booked")
             return "already_booked"
         if order["state"] != ORDER_READY:

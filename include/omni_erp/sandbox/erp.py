@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -32,14 +32,24 @@ IRN_CANCEL_WINDOW = timedelta(hours=24)  # domain.md section 6
 TICK_S = 0.05
 MAX_PAGE = 500
 
+OrderCode = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^\S+$")]
+
 
 class ErpSandboxConfig(FaultConfig):
-    """Fault knobs plus the ERP's own: e-invoicing delay, clock shift and number series."""
+    """Fault knobs plus the ERP's own: e-invoicing delay, clock shift, number series and holds.
+
+    ``invoice_hold``: order codes whose e-invoice is not generated while listed (the order stays BOOKED);
+    once a code is removed its e-invoice follows after ``invoice_delay_s``. ``feed_hold``: order codes whose
+    e-invoices and credit notes are generated (their ``seq`` is taken) but left out of the GET feeds until
+    the code is removed, so they appear after documents with a higher ``seq`` - an ERP publishing out of order.
+    """
 
     invoice_delay_s: float = Field(0.2, ge=0.0, le=3600.0)
     clock_offset_s: float = 0.0
     invoice_prefix: str = "RB2627/"
     credit_note_prefix: str = "RC2627/"
+    invoice_hold: list[OrderCode] = Field(default_factory=list, max_length=10_000)
+    feed_hold: list[OrderCode] = Field(default_factory=list, max_length=10_000)
 
     @field_validator("invoice_prefix", "credit_note_prefix")
     @classmethod
@@ -57,6 +67,7 @@ class _Pending:
     due: float  # time.monotonic()
     kind: Literal["invoice", "credit_note"]
     ref: str    # salesOrderId, returnOrderId or creditNoteRequestId
+    held: bool = False  # an invoice waiting while its order code is in ``invoice_hold``
 
 
 class _Conflict(Exception):
@@ -230,14 +241,27 @@ def create_erp_sandbox(
         if "creditNoteRequestId" in source:
             source["status"] = "GENERATED"
 
+    def hold_invoices(now: float) -> None:
+        """Mark pending invoices of held orders; a released one is due ``invoice_delay_s`` after its release."""
+        held = set(cfg().invoice_hold)
+        for item in state.pending:
+            if item.kind != "invoice":
+                continue
+            if state.orders[item.ref]["orderCode"] in held:
+                item.held = True
+            elif item.held:
+                item.held, item.due = False, now + cfg().invoice_delay_s
+
     def tick() -> None:
         """Publish every document whose delay has passed (called by the ticker thread and by each request)."""
         now = time.monotonic()
         with state.lock:
-            due = sorted((p for p in state.pending if p.due <= now), key=lambda p: p.due)
+            hold_invoices(now)
+            due = sorted((p for p in state.pending if p.due <= now and not p.held), key=lambda p: p.due)
             if not due:
                 return
-            state.pending = [p for p in state.pending if p.due > now]
+            published = {id(p) for p in due}
+            state.pending = [p for p in state.pending if id(p) not in published]
             for item in due:
                 (generate_invoice if item.kind == "invoice" else generate_credit_note)(item.ref)
 
@@ -406,7 +430,7 @@ def create_erp_sandbox(
         since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)
     ) -> dict[str, Any]:
         with state.lock:
-            return _page(state.invoices.values(), since, limit)
+            return _page(state.invoices.values(), since, limit, hidden=set(cfg().feed_hold))
 
     @api.post("/e-invoices/cancel-irn")
     async def cancel_irn(request: Request) -> dict[str, Any]:
@@ -523,7 +547,7 @@ def create_erp_sandbox(
         since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)
     ) -> dict[str, Any]:
         with state.lock:
-            return _page(state.credit_notes.values(), since, limit)
+            return _page(state.credit_notes.values(), since, limit, hidden=set(cfg().feed_hold))
 
     app.include_router(api)
 
@@ -549,6 +573,7 @@ def create_erp_sandbox(
                 "credit_note_requests": [_public(req) for req in state.credit_requests.values()],
                 "credit_notes": [_public(note) for note in state.credit_notes.values()],
                 "pending_documents": len(state.pending),
+                "held_invoices": sorted(state.orders[p.ref]["orderCode"] for p in state.pending if p.held),
                 "duplicates": dict(state.duplicates),
                 **faults.snapshot(),
             }
@@ -579,8 +604,10 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-def _page(documents: Iterable[dict[str, Any]], since: int, limit: int) -> dict[str, Any]:
-    items = sorted((d for d in documents if d["seq"] > since), key=lambda d: d["seq"])[:limit]
+def _page(documents: Iterable[dict[str, Any]], since: int, limit: int, *, hidden: set[str]) -> dict[str, Any]:
+    """Documents after ``since`` in ``seq`` order, leaving out those of orders in ``feed_hold`` (``hidden``)."""
+    visible = (d for d in documents if d["seq"] > since and d["orderCode"] not in hidden)
+    items = sorted(visible, key=lambda d: d["seq"])[:limit]
     return {"items": [_public(d) for d in items], "nextCursor": items[-1]["seq"] if items else since}
 
 
