@@ -1,0 +1,96 @@
+"""Ajio returns from Increff Omni booked as ERP return orders, and their credit notes uploaded to Omni (F5 + F6).
+
+### What it does
+1. **claim_returns** - takes a batch of `RETURN_ORDER_COMPLETE` postings (customer returns and RTOs;
+   `SELF_SHIP` counts as a customer return) that the Omni inbox stored.
+2. **create_return_orders** - checks that the forward order is in the ledger and e-invoiced (unknown
+   order: dead letter; not yet invoiced: waits for the next run), then books one ERP return order per
+   `returnOrderCode` (key `return:<returnOrderCode>`) for the units that passed QC. Units with QC
+   `FAIL` or no QC status are not credited: they are recorded for manual settlement with Ajio and
+   listed in the task log (domain.md decision 7). A return with no unit passing QC makes no ERP call.
+3. **fetch_credit_notes** (F6) - reads the credit notes the ERP generated since the stored cursor and
+   matches each to its return order; those of customer returns and RTOs become ready to upload.
+4. **upload_credit_notes** (F6) - sends each ready credit note once to
+   `POST /ajio-vms/creditNote/posting` with `returnOrderId` = the posting's `returnOrderCode`.
+5. **report_outcome** - logs one line per posting and ERP document of the run (always runs).
+
+Steps 3 and 4 run in every run, even when step 2 found nothing or failed: they also pick up credit
+notes of earlier runs. A re-delivered posting, a retried task or a re-run never books a second
+return order or uploads a credit note twice. If the ERP is down, the affected postings go back to
+the queue and the run is marked failed so the outage is visible.
+
+Params: `since_seq` re-reads the ERP credit-note feed from that position (the cursor never moves
+back); `retry_failed` re-sends credit notes Omni rejected earlier, once someone fixed the cause.
+
+Connections: `omni_erp_ledger`, `erp_default`, `omni_default`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+
+from omni_erp.alerts import deadline_missed, task_failed
+from omni_erp.operators.documents import ErpCreditNoteFetchOperator
+from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.omni import OmniCreditNoteUploadOperator
+from omni_erp.operators.report import LedgerBatchReportOperator
+from omni_erp.operators.returns import ErpSalesReturnOperator
+from omni_erp.settings import EVENT_RETURN
+from omni_erp.tags import Tag
+
+with DAG(
+    dag_id=Path(__file__).stem,
+    dag_display_name="F5 + F6 · Omni returns → ERP return orders → credit notes to Omni",
+    description=__doc__.splitlines()[0],
+    doc_md=__doc__,
+    schedule=CronTriggerTimetable("*/15 * * * *", timezone="Asia/Kolkata"),
+    start_date=pendulum.datetime(2026, 11, 1, tz="Asia/Kolkata"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=30),
+    tags=[Tag.Flow.f5, Tag.System.omni, Tag.System.erp, Tag.Impact.tier_1],
+    default_args={
+        "owner": "omni-erp-integration",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=20),
+        "on_failure_callback": task_failed,
+    },
+    params={
+        "flow": Param("f5", type="string", const="f5", title="Flow", description="Flow id used in alerts."),
+        "limit": Param(
+            500, type="integer", minimum=1, maximum=5000, title="Batch size",
+            description="Most return postings to claim in one run.",
+        ),
+        "since_seq": Param(
+            None, type=["null", "integer"], minimum=0, title="Re-read credit notes from",
+            description="Read the ERP credit-note feed from this position instead of the stored cursor "
+            "(already recorded credit notes are not uploaded again). Empty: the stored cursor.",
+        ),
+        "retry_failed": Param(
+            False, type="boolean", title="Retry rejected uploads",
+            description="Also re-send credit notes Omni rejected (4xx) in earlier runs, after the cause was fixed.",
+        ),
+    },
+    # SLA: one run must finish well before the next is due (Ajio settles returns on the credit note).
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=15),
+        callback=AsyncCallback(deadline_missed, kwargs={"flow": "f5"}),
+    ),
+) as dag:
+    claim = OmniInboxClaimOperator(task_id="claim_returns", event_types=[EVENT_RETURN], limit="{{ params.limit }}")
+    create = ErpSalesReturnOperator(task_id="create_return_orders")
+    # all_done: credit notes of earlier runs are fetched and uploaded even when this run's returns failed.
+    fetch = ErpCreditNoteFetchOperator(task_id="fetch_credit_notes", since_seq="{{ params.since_seq }}", trigger_rule="all_done")
+    upload = OmniCreditNoteUploadOperator(
+        task_id="upload_credit_notes", retry_failed="{{ params.retry_failed }}", trigger_rule="all_done"
+    )
+    report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
+
+    claim >> create >> fetch >> upload >> report

@@ -1,0 +1,328 @@
+"""Operator that books Omni return postings as ERP return orders (F5: RETURN_ORDER_COMPLETE -> return order)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from omni_erp import settings
+from omni_erp.exceptions import PayloadError, RemoteRejectedError
+from omni_erp.operators.base import LedgerOperator
+from omni_erp.states import (
+    DEAD,
+    ORDER_BOOKED,
+    ORDER_CANCELLED,
+    ORDER_READY,
+    RETURN_BOOKED,
+    RETURN_CUSTOMER,
+    RETURN_MANUAL_ONLY,
+    RETURN_READY,
+    RETURN_REJECTED,
+    RETURN_RTO,
+    STAGE_RETURN,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from omni_erp.hooks.erp import ErpAdapter
+    from omni_erp.ledger.repo import ClaimedPosting, Ledger
+    from omni_erp.models.omni import ReturnItem, ReturnOrderPosting
+
+# domain.md 3.4: returnOrderType is CUSTOMER_RETURN, RETURN_TO_ORIGIN or SELF_SHIP. A self-shipped
+# return is still the customer sending goods back, so it is credited like a customer return.
+RETURN_KINDS = {"CUSTOMER_RETURN": RETURN_CUSTOMER, "SELF_SHIP": RETURN_CUSTOMER, "RETURN_TO_ORIGIN": RETURN_RTO}
+QC_PASS = "PASS"
+SUMMARY_KEYS = ("booked", "already_booked", "manual_settlement_only", "manual_units", "dead_letter", "deferred")
+
+
+def return_order_key(return_order_code: str) -> str:
+    """One idempotency key per return order (domain.md decision 9)."""
+    return f"return:{return_order_code}"
+
+
+@dataclass(frozen=True)
+class ManualUnit:
+    """A returned unit that is not credited automatically, and why (settled offline with Ajio)."""
+
+    item_code: str
+    sku: str
+    qc_status: str | None
+    qc_reason: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReturnPlan:
+    """What one return posting becomes: the units to credit (priced lines) and the units to settle by hand."""
+
+    kind: str
+    credit_lines: list[dict[str, Any]]  # [{lineCode, sku, quantity, unitPrice}] for the ERP return order
+    manual: list[ManualUnit]
+
+
+def return_kind(return_order_type: str | None) -> str:
+    """The ledger's return kind for a posting's ``returnOrderType``; never guessed when absent or unknown.
+
+    :raises PayloadError: for a missing or unknown type.
+    """
+    kind = RETURN_KINDS.get((return_order_type or "").strip().upper())
+    if kind is None:
+        raise PayloadError(
+            f"returnOrderType {return_order_type!r} is not one of {sorted(RETURN_KINDS)}; cannot tell how to credit it"
+        )
+    return kind
+
+
+def manual_reason(item: ReturnItem, invoiced_skus: set[str]) -> str | None:
+    """Why a unit is not credited automatically, or None when it is (QC PASS on an invoiced SKU)."""
+    status = (item.qc_status or "").strip().upper()
+    # domain.md decision 7 / section 2: QC-bad and missing items are settled offline with Ajio.
+    if not status:
+        return "QC status missing - settle offline with Ajio"
+    if status == "FAIL":
+        return f"QC FAIL: {item.qc_reason or 'no QC reason given'} - settle offline with Ajio"
+    if status != QC_PASS:
+        return f"QC status {item.qc_status} is not PASS - settle offline with Ajio"
+    if item.is_excess:
+        # An excess unit was not in Ajio's return expectation; crediting it could exceed the invoice.
+        return "QC PASS but an excess unit (not in the return expectation) - settle offline with Ajio"
+    if item.channel_sku_code not in invoiced_skus:
+        return "QC PASS but the SKU is not on the order's invoice - settle offline with Ajio"
+    return None
+
+
+def plan_return(posting: ReturnOrderPosting, order_lines: list[dict[str, Any]]) -> ReturnPlan:
+    """Split a return posting into credited units and manual-settlement units.
+
+    One item is one unit (domain.md 3.4). PASS units are grouped by ``channelSkuCode`` and priced from
+    the order's invoiced lines (``unitPrice``), spread over the order's lines of that SKU in order; any
+    units beyond the invoiced quantity stay on the last line so the ERP, which knows earlier returns
+    too, decides (it answers 422).
+
+    :raises PayloadError: when the posting has no items or an unknown return type.
+    """
+    kind = return_kind(posting.return_order_type)
+    if not posting.items:
+        raise PayloadError("return posting has no items")
+    invoiced = [line for line in order_lines if int(line["quantity"]) > 0]
+    invoiced_skus = {line["sku"] for line in invoiced}
+    passed: Counter[str] = Counter()
+    manual: list[ManualUnit] = []
+    for item in posting.items:
+        reason = manual_reason(item, invoiced_skus)
+        if reason is None:
+            passed[item.channel_sku_code] += 1
+        else:
+            manual.append(ManualUnit(item.item_code, item.channel_sku_code, item.qc_status, item.qc_reason, reason))
+    credit_lines: list[dict[str, Any]] = []
+    for sku, units in passed.items():
+        lines = [line for line in invoiced if line["sku"] == sku]
+        for n, line in enumerate(lines):
+            take = units if n == len(lines) - 1 else min(units, int(line["quantity"]))
+            if take > 0:
+                credit_lines.append(
+                    {"lineCode": line.get("lineCode"), "sku": sku, "quantity": take, "unitPrice": str(Decimal(str(line["unitPrice"])))}
+                )
+            units -= take
+    return ReturnPlan(kind, credit_lines, manual)
+
+
+class ErpSalesReturnOperator(LedgerOperator):
+    """Book the batch's return postings (customer returns and RTOs) as ERP return orders, once each.
+
+    The forward order must be in the ledger and e-invoiced: an unknown order is dead-lettered; an
+    order not yet invoiced waits for the next run. Units that passed QC are credited through an ERP
+    return order keyed ``return:<returnOrderCode>``, registered in the ledger before the ERP is called,
+    so a re-delivered posting, a retried task or a crash after the call never books a second one. Units
+    with QC FAIL or no QC status are recorded for manual settlement with Ajio and listed in the task log
+    (domain.md decision 7); a return with no PASS unit makes no ERP call. An ERP rejection (4xx) is
+    dead-lettered with the ERP's message; when the ERP stays unavailable the postings go back to the
+    queue and the task fails so the outage is visible.
+
+    :param erp_conn_id: connection of the ERP.
+    :param max_consecutive_unavailable: stop calling an ERP that failed this many returns in a row.
+    """
+
+    def __init__(self, *, erp_conn_id: str = settings.ERP_CONN_ID, max_consecutive_unavailable: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.erp_conn_id = erp_conn_id
+        self.max_consecutive_unavailable = max_consecutive_unavailable
+
+    @cached_property
+    def erp(self) -> ErpAdapter:
+        from omni_erp.hooks.erp import ErpHook
+
+        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        manual_rows: list[dict[str, Any]] = []
+        try:
+            counts = self.process_each(
+                self.ledger.claimed_postings(self.batch_id, [settings.EVENT_RETURN]),
+                lambda posting: self._handle(posting, manual_rows),
+                defer=lambda posting, error: self.ledger.release_posting(posting.message_id, error=error),
+                max_consecutive_unavailable=self.max_consecutive_unavailable,
+            )
+        finally:
+            self._log_manual_settlement(manual_rows)  # also when the run fails: those units need a person
+        return {
+            "batch_id": self.batch_id,
+            **{k: counts.get(k, 0) for k in SUMMARY_KEYS},
+            "manual_units": len(manual_rows),
+        }
+
+    # --- one posting ---------------------------------------------------------------------------
+
+    def _handle(self, posting: ClaimedPosting, manual_rows: list[dict[str, Any]]) -> str:
+        from omni_erp.models.omni import ReturnOrderPosting
+
+        ledger = self.ledger
+        try:
+            model = ReturnOrderPosting.model_validate(posting.payload)
+        except ValueError as exc:
+            return self._dead(posting, f"invalid return posting: {exc}")
+        code, order_code = model.return_order_code, model.forward_order_code
+
+        known = ledger.get_return_order(code)
+        if known is not None:
+            clash = self._clash(known, model)
+            if clash:
+                return self._dead(posting, clash)
+            if known["state"] == RETURN_BOOKED:
+                ledger.finish_posting(posting.message_id, outcome="booked")
+                self.log.info("Return %s is already booked as %s (posting %s)", code, known["erp_return_order_id"], posting.message_id)
+                return "already_booked"
+            if known["state"] == RETURN_MANUAL_ONLY:
+                # Its units were listed for manual settlement when it was first registered.
+                ledger.finish_posting(posting.message_id, outcome=RETURN_MANUAL_ONLY)
+                return RETURN_MANUAL_ONLY
+            if known["state"] == RETURN_REJECTED:
+                return self._dead(posting, f"return {code} was rejected by the ERP before; see the earlier dead letter")
+            # RETURN_READY: registered, and perhaps booked, by a run that did not finish: resend the stored request.
+            return self._book(posting, known)
+
+        order = ledger.get_order(order_code)
+        if order is None:
+            return self._dead(posting, f"forward order {order_code} is not in the ledger; nothing to return against")
+        if not order["erp_invoice_number"]:
+            if order["state"] in (ORDER_READY, ORDER_BOOKED):
+                # The e-invoice is on its way (F2 records it); a return can only be credited against it.
+                reason = f"forward order {order_code} is not e-invoiced yet (state {order['state']}); the return waits for its invoice"
+                ledger.release_posting(posting.message_id, error=reason)
+                self.log.info("Return %s deferred: %s", code, reason)
+                return "deferred"
+            return self._dead(posting, f"forward order {order_code} was never e-invoiced (state {order['state']}); nothing to credit")
+        if order["state"] == ORDER_CANCELLED or order["cancel_route"]:
+            # F3 cancelled the IRN or credited the whole invoice: there is nothing left to credit.
+            route = order["cancel_route"] or "cancelled"
+            return self._dead(posting, f"forward order {order_code} was cancelled ({route}); its invoice has nothing left to credit")
+        try:
+            plan = plan_return(model, order["lines"])
+        except PayloadError as exc:
+            return self._dead(posting, str(exc))
+
+        # Manual units first: if the run dies after this, the next run records them again (once per item).
+        for unit in plan.manual:
+            ledger.record_manual_settlement(
+                return_order_code=code,
+                item_code=unit.item_code,
+                order_code=order_code,
+                sku=unit.sku,
+                qc_status=unit.qc_status,
+                qc_reason=unit.qc_reason,
+                reason=unit.reason,
+            )
+            manual_rows.append({"return_order_code": code, "order_code": order_code, **asdict(unit)})
+        request = self._request(model, order, plan)
+        stored = ledger.register_return_order(
+            return_order_code=code,
+            order_code=order_code,
+            kind=plan.kind,
+            state=RETURN_READY if request is not None else RETURN_MANUAL_ONLY,
+            lines=plan.credit_lines,
+            erp_request=request,
+            message_id=posting.message_id,
+        )
+        if stored["message_id"] != posting.message_id:
+            # Another posting registered this return order in the meantime: handle this one as its re-delivery.
+            return self._handle(posting, manual_rows)
+        if request is None:
+            ledger.finish_posting(posting.message_id, outcome=RETURN_MANUAL_ONLY)
+            self.log.info("Return %s: no unit passed QC; %d unit(s) for manual settlement, no ERP call", code, len(plan.manual))
+            return RETURN_MANUAL_ONLY
+        return self._book(posting, stored)
+
+    @staticmethod
+    def _clash(known: dict[str, Any], model: ReturnOrderPosting) -> str | None:
+        """Reason why a posting must not reuse a return order code already in the ledger, if any."""
+        if known["order_code"] != model.forward_order_code:
+            return (
+                f"returnOrderCode {model.return_order_code} is already registered for order {known['order_code']}, "
+                f"not {model.forward_order_code}"
+            )
+        if known["kind"] not in (RETURN_CUSTOMER, RETURN_RTO):
+            return f"returnOrderCode {model.return_order_code} is already used by a {known['kind']} return order"
+        return None
+
+    @staticmethod
+    def _request(model: ReturnOrderPosting, order: dict[str, Any], plan: ReturnPlan) -> dict[str, Any] | None:
+        """The exact ERP body, stored in the ledger and re-sent unchanged on every retry (None: nothing to credit)."""
+        from omni_erp.models.erp import ReturnOrderRequest
+
+        if not plan.credit_lines:
+            return None
+        return ReturnOrderRequest(
+            returnOrderCode=model.return_order_code,
+            orderCode=model.forward_order_code,
+            invoiceNumber=order["erp_invoice_number"],
+            reason=plan.kind,
+            lines=plan.credit_lines,
+        ).to_json_dict()
+
+    def _book(self, posting: ClaimedPosting, stored: dict[str, Any]) -> str:
+        from omni_erp.models.erp import ReturnOrderRequest
+
+        ledger: Ledger = self.ledger
+        code = stored["return_order_code"]
+        request = ReturnOrderRequest.model_validate(stored["erp_request"])
+        try:
+            booking = self.erp.create_return_order(request, idempotency_key=return_order_key(code))
+        except RemoteRejectedError as exc:
+            ledger.update_return_order(code, state=RETURN_REJECTED)
+            return self._dead(
+                posting, f"ERP rejected the return order: {exc.code + ': ' if exc.code else ''}{exc.message}", outcome="rejected_by_erp"
+            )
+        ledger.update_return_order(code, state=RETURN_BOOKED, erp_return_order_id=booking.document.return_order_id)
+        ledger.finish_posting(posting.message_id, outcome="booked")
+        if booking.replayed:
+            self.log.info("Return %s was already booked in the ERP as %s", code, booking.document.return_order_id)
+            return "already_booked"
+        self.log.info("Return %s booked in the ERP as %s", code, booking.document.return_order_id)
+        return "booked"
+
+    def _dead(self, posting: ClaimedPosting, reason: str, *, outcome: str = "dead_letter") -> str:
+        self.ledger.record_dead_letter(
+            stage=STAGE_RETURN, reason=reason, message_id=posting.message_id, business_key=posting.business_key
+        )
+        self.ledger.finish_posting(posting.message_id, state=DEAD, outcome=outcome, error=reason)
+        self.log.warning("Dead-lettered return posting %s (%s): %s", posting.message_id, posting.business_key, reason)
+        return "dead_letter"
+
+    def _log_manual_settlement(self, rows: list[dict[str, Any]]) -> None:
+        """The manual-settlement report: units a person settles offline with Ajio (domain.md section 2)."""
+        if not rows:
+            self.log.info("Manual settlement: no unit of batch %s needs offline settlement", self.batch_id)
+            return
+        import pandas as pd
+
+        table = pd.DataFrame(rows, columns=["return_order_code", "order_code", "item_code", "sku", "qc_status", "qc_reason", "reason"])
+        with pd.option_context("display.max_rows", 1000, "display.width", 250, "display.max_colwidth", 90):
+            self.log.info(
+                "Manual settlement with Ajio - %d unit(s) not credited automatically:\n%s",
+                len(rows),
+                table.fillna("-").to_string(index=False),
+            )
