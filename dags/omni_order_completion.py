@@ -1,0 +1,80 @@
+"""Ajio order completions from Increff Omni reconciled against the ERP e-invoice (F4: OUTWARD_ORDER_COMPLETE).
+
+### What it does
+1. **claim_postings** - takes a batch of `OUTWARD_ORDER_COMPLETE` postings that the Omni inbox stored.
+2. **complete_orders** - records every shipment once by `shipmentCode` (an invoiced shipment repeats
+   in every later posting of the order), then compares per `channelSkuCode` (with pandas) the units
+   on the order's recorded e-invoice with the units of all its distinct shipments, less units
+   already on an earlier partial-cancel return order:
+   - *shipped = invoiced*: the order is closed (`completed`);
+   - *shipped < invoiced* (the customer cancelled part of the order after e-invoicing): one ERP
+     return order `PC-<orderCode>-<n>` for exactly the difference, at the invoice's unit prices,
+     registered in the ledger before the call and sent with the key `return:<code>`; the ERP raises
+     the credit note, which stays in the ERP by default (domain.md decision 6);
+   - *shipped > invoiced* for any SKU: nothing is guessed - dead letter with the figures per SKU;
+   - unknown or cancelled order: dead letter with the reason; no e-invoice recorded yet: the posting
+     waits for the invoice flow (next run).
+   The per-SKU table is logged for every order that is not a plain match.
+3. **report_outcome** - logs one line per posting of the run (always runs, even after a failure).
+
+If the ERP is down, the affected postings go back to the queue and the next run re-sends the same
+return order; the run is marked failed so the outage is visible. Everything is in the ledger
+(`omni_erp_ledger` connection): `inbox_message`, `ajio_order`, `shipment`, `return_order`,
+`outbound_call`, `dead_letter`.
+
+Connections: `omni_erp_ledger`, `erp_default`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+
+from omni_erp.alerts import deadline_missed, task_failed
+from omni_erp.operators.completion import ErpOrderCompleteOperator
+from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.report import LedgerBatchReportOperator
+from omni_erp.settings import EVENT_COMPLETE
+from omni_erp.tags import Tag
+
+with DAG(
+    dag_id=Path(__file__).stem,
+    dag_display_name="F4 · Omni order completion → ERP return order",
+    description=__doc__.splitlines()[0],
+    doc_md=__doc__,
+    schedule=CronTriggerTimetable("*/15 * * * *", timezone="Asia/Kolkata"),
+    start_date=pendulum.datetime(2026, 11, 1, tz="Asia/Kolkata"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=45),
+    tags=[Tag.Flow.f4, Tag.System.omni, Tag.System.erp, Tag.Impact.tier_2],
+    default_args={
+        "owner": "omni-erp-integration",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=30),
+        "on_failure_callback": task_failed,
+    },
+    params={
+        "flow": Param("f4", type="string", const="f4", title="Flow", description="Flow id used in alerts."),
+        "limit": Param(
+            500, type="integer", minimum=1, maximum=5000, title="Batch size",
+            description="Most postings to claim in one run.",
+        ),
+    },
+    # SLA: completions are bookkeeping after dispatch; a run should still finish well before the next two.
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=30),
+        callback=AsyncCallback(deadline_missed, kwargs={"flow": "f4"}),
+    ),
+) as dag:
+    claim = OmniInboxClaimOperator(task_id="claim_postings", event_types=[EVENT_COMPLETE], limit="{{ params.limit }}")
+    complete = ErpOrderCompleteOperator(task_id="complete_orders")
+    report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
+
+    claim >> complete >> report

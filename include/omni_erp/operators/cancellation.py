@@ -1,0 +1,298 @@
+"""F3: cancel Ajio orders in the ERP on ``OUTWARD_ORDER_CANCEL``, routed by the order's ledger state (domain.md decision 5)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import cached_property, partial
+from typing import TYPE_CHECKING, Any
+
+from omni_erp import settings
+from omni_erp.exceptions import RemoteRejectedError
+from omni_erp.operators.base import LedgerOperator
+from omni_erp.states import (
+    CANCEL_CREDIT_NOTE,
+    CANCEL_IRN,
+    CANCEL_NOT_BOOKED,
+    CANCEL_SALES_ORDER,
+    DEAD,
+    DOC_INVOICE,
+    DOC_SKIPPED,
+    DOC_UPLOADED,
+    ORDER_BOOKED,
+    ORDER_CANCELLED,
+    ORDER_COMPLETED,
+    ORDER_COMPLETED_WITH_RETURN,
+    ORDER_INVOICED,
+    ORDER_NOTHING_TO_INVOICE,
+    ORDER_READY,
+    ORDER_REJECTED,
+    STAGE_CANCELLATION,
+)
+from omni_erp.timeutil import now
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from omni_erp.hooks.erp import ErpAdapter
+    from omni_erp.ledger.repo import ClaimedPosting
+
+# Nothing exists in the ERP for these: F1 has not booked the order (or the ERP refused it).
+NOT_BOOKED_STATES = frozenset({ORDER_READY, ORDER_NOTHING_TO_INVOICE, ORDER_REJECTED})
+# Completed in the warehouse: Ajio allows no cancellation after packing (domain.md section 2, SOP).
+CLOSED_STATES = frozenset({ORDER_COMPLETED, ORDER_COMPLETED_WITH_RETURN})
+
+ALREADY_CANCELLED = "already_cancelled"
+ORDER_CLOSED = "order_closed"
+WAITING_FOR_INVOICE = "waiting_for_invoice"  # not "deferred": that one means an outage (LedgerOperator.process_each)
+
+# Constant per order: a retried or re-delivered cancellation must send the very same body under its key.
+IRN_CANCEL_REASON = "Order cancelled by Ajio before dispatch"
+CREDIT_NOTE_REASON = "Order cancelled by Ajio after the 24-hour IRN cancellation window"
+
+# The ERP's answers (409) that are business facts, not errors (contracts/erp_rest.yaml).
+ERP_ORDER_INVOICED = "ORDER_INVOICED"
+ERP_IRN_WINDOW_CLOSED = "IRN_CANCEL_WINDOW_CLOSED"
+
+
+def cancel_order_key(order_code: str) -> str:
+    """One idempotency key per order and action (domain.md decision 9)."""
+    return f"cancel:{order_code}"
+
+
+def cancel_irn_key(invoice_number: str) -> str:
+    return f"cancel-irn:{invoice_number}"
+
+
+def credit_note_key(invoice_number: str) -> str:
+    return f"credit-note:{invoice_number}"
+
+
+def cancellation_route(order: dict[str, Any] | None, *, at: datetime, irn_window: timedelta) -> str:
+    """Decide what a full cancellation of ``order`` needs (domain.md decision 5).
+
+    Returns a cancel route (``CANCEL_*``), ``ALREADY_CANCELLED`` or ``ORDER_CLOSED``. An invoiced order
+    whose cancellation already started keeps its recorded route: once the IRN is cancelled in the ERP,
+    a replay after the 24-hour mark must finish that route, not ask for a credit note as well.
+
+    :param order: the ledger row, or None when no CREATE was seen.
+    :param at: the current time (``timeutil.now()``).
+    :param irn_window: how long after the IRN acknowledgement it can still be cancelled.
+    :raises ValueError: for an order state this flow does not know.
+    """
+    if order is None or order["state"] in NOT_BOOKED_STATES:
+        return CANCEL_NOT_BOOKED
+    state = order["state"]
+    if state == ORDER_CANCELLED:
+        return ALREADY_CANCELLED
+    if state in CLOSED_STATES:
+        return ORDER_CLOSED
+    if state == ORDER_BOOKED:
+        return CANCEL_SALES_ORDER
+    if state != ORDER_INVOICED:
+        raise ValueError(f"order {order['order_code']} is in state {state!r}, which cancellation does not handle")
+    if order.get("cancel_route") in (CANCEL_IRN, CANCEL_CREDIT_NOTE):
+        return order["cancel_route"]
+    invoiced_at = order.get("invoiced_at")
+    if invoiced_at is None:
+        return CANCEL_IRN  # no acknowledgement time recorded: the ERP decides (409 IRN_CANCEL_WINDOW_CLOSED)
+    return CANCEL_IRN if at - invoiced_at < irn_window else CANCEL_CREDIT_NOTE
+
+
+class ErpOrderCancelOperator(LedgerOperator):
+    """Handle the batch's ``OUTWARD_ORDER_CANCEL`` postings (for Ajio always full cancellations).
+
+    Routes by the order's state in the ledger: not booked -> marked cancelled, nothing called (an order
+    never seen is registered as cancelled so F1 never books it); booked, not e-invoiced -> the ERP
+    sales order is cancelled; e-invoiced less than ``irn_window_hours`` ago -> IRN and sales order
+    cancelled; later (or when the ERP says the window closed) -> the ERP raises a credit note, which
+    the Ajio seller SOP keeps in the ERP (never uploaded; logged and shown in the run report). An
+    invoice not yet uploaded to Omni is marked so that F2 never uploads it. Every ERP write carries
+    one key per order and action, so re-deliveries, retries and re-runs never act twice.
+
+    :param erp_conn_id: connection of the ERP.
+    :param irn_window_hours: how long after its acknowledgement an IRN can be cancelled (GST rule: 24).
+    :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
+    """
+
+    def __init__(
+        self,
+        *,
+        erp_conn_id: str = settings.ERP_CONN_ID,
+        irn_window_hours: float = 24,
+        max_consecutive_unavailable: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.erp_conn_id = erp_conn_id
+        self.irn_window_hours = irn_window_hours
+        self.max_consecutive_unavailable = max_consecutive_unavailable
+
+    @cached_property
+    def erp(self) -> ErpAdapter:
+        from omni_erp.hooks.erp import ErpHook
+
+        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        irn_window = timedelta(hours=float(self.irn_window_hours))
+        if irn_window <= timedelta(0):
+            raise ValueError(f"irn_window_hours must be positive, got {self.irn_window_hours!r}")
+        return self.process_each(
+            self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CANCEL]),
+            partial(self._cancel_one, irn_window=irn_window),
+            defer=lambda posting, error: self.ledger.release_posting(posting.message_id, error=error),
+            max_consecutive_unavailable=self.max_consecutive_unavailable,
+        )
+
+    def _cancel_one(self, posting: ClaimedPosting, *, irn_window: timedelta) -> str:
+        order = self.ledger.get_order(posting.order_code)
+        try:
+            route = cancellation_route(order, at=now(), irn_window=irn_window)
+        except ValueError as exc:
+            return self._dead_letter(posting, str(exc))
+        try:
+            if route == CANCEL_NOT_BOOKED:
+                return self._not_booked(posting, order)
+            assert order is not None
+            if route == ALREADY_CANCELLED:
+                return self._already_cancelled(posting, order)
+            if route == ORDER_CLOSED:
+                return self._dead_letter(
+                    posting,
+                    f"order {order['order_code']} is {order['state']}: Ajio cannot cancel an order after packing, "
+                    "so a cancellation after completion needs a person",
+                )
+            if route == CANCEL_SALES_ORDER:
+                return self._cancel_sales_order(posting, order)
+            return self._cancel_invoiced(posting, order, route)
+        except RemoteRejectedError as exc:
+            reason = f"ERP rejected the cancellation: {exc.code + ': ' if exc.code else ''}{exc.message}"
+            self.ledger.record_dead_letter(
+                stage=STAGE_CANCELLATION, reason=reason, message_id=posting.message_id, business_key=posting.order_code
+            )
+            self.ledger.finish_posting(posting.message_id, state=DEAD, outcome="rejected_by_erp", error=reason)
+            self.log.error("Order %s: %s", posting.order_code, reason)
+            return "rejected_by_erp"
+
+    # --- routes ---------------------------------------------------------------------------
+
+    def _not_booked(self, posting: ClaimedPosting, order: dict[str, Any] | None) -> str:
+        ledger = self.ledger
+        if order is None:
+            # The cancellation overtook the CREATE: record the order as cancelled with no CREATE
+            # message, which is how F1 recognises an order it must never book.
+            ledger.register_order(
+                order_code=posting.order_code,
+                po_number=None,
+                state=ORDER_CANCELLED,
+                create_message_id=None,  # type: ignore[arg-type]
+                lines=[],
+                total_amount=Decimal(0),
+                erp_request=None,
+            )
+        self._close(order_code=posting.order_code, route=CANCEL_NOT_BOOKED)
+        ledger.finish_posting(posting.message_id, outcome=CANCEL_NOT_BOOKED)
+        self.log.info("Order %s cancelled before booking: nothing to cancel in the ERP", posting.order_code)
+        return CANCEL_NOT_BOOKED
+
+    def _already_cancelled(self, posting: ClaimedPosting, order: dict[str, Any]) -> str:
+        if order["cancel_route"] is None:
+            # A run stopped between registering an unseen order as cancelled and noting its route.
+            self.ledger.update_order(order["order_code"], cancel_route=CANCEL_NOT_BOOKED, closed_at=now())
+        self.ledger.finish_posting(posting.message_id, outcome=ALREADY_CANCELLED)
+        self.log.info(
+            "Order %s was already cancelled (%s); posting %s closed",
+            order["order_code"],
+            order["cancel_route"] or CANCEL_NOT_BOOKED,
+            posting.message_id,
+        )
+        return ALREADY_CANCELLED
+
+    def _cancel_sales_order(self, posting: ClaimedPosting, order: dict[str, Any]) -> str:
+        code = order["order_code"]
+        try:
+            self.erp.cancel_sales_order(order["erp_sales_order_id"], idempotency_key=cancel_order_key(code))
+        except RemoteRejectedError as exc:
+            if exc.status != 409 or exc.code != ERP_ORDER_INVOICED:
+                raise
+            # The ERP e-invoiced the order but F2 has not recorded the invoice yet. Guessing the route
+            # (IRN within 24 h or credit note) needs the acknowledgement time, so wait for F2.
+            reason = f"the ERP e-invoiced this order but the invoice is not recorded yet ({exc.code}: {exc.message}); retried next run"
+            self.ledger.release_posting(posting.message_id, error=reason)
+            self.log.warning("Order %s: %s", code, reason)
+            return WAITING_FOR_INVOICE
+        self._close(order_code=code, route=CANCEL_SALES_ORDER)
+        self.ledger.finish_posting(posting.message_id, outcome=CANCEL_SALES_ORDER)
+        self.log.info("Order %s: ERP sales order %s cancelled (not e-invoiced)", code, order["erp_sales_order_id"])
+        return CANCEL_SALES_ORDER
+
+    def _cancel_invoiced(self, posting: ClaimedPosting, order: dict[str, Any], route: str) -> str:
+        code, invoice = order["order_code"], order["erp_invoice_number"]
+        if not invoice:
+            return self._dead_letter(posting, f"order {code} is {order['state']} but no e-invoice number is recorded")
+        # The order is cancelled in Omni whatever the ERP says next: its invoice must never be uploaded.
+        self._keep_invoice_out_of_omni(order)
+        if route == CANCEL_IRN:
+            # Recorded before calling: a replay after a crash continues this route even past 24 h.
+            self.ledger.update_order(code, cancel_route=CANCEL_IRN)
+            try:
+                self.erp.cancel_irn(invoice, IRN_CANCEL_REASON, idempotency_key=cancel_irn_key(invoice))
+            except RemoteRejectedError as exc:
+                if exc.status != 409 or exc.code != ERP_IRN_WINDOW_CLOSED:
+                    raise
+                self.log.info("Order %s: the ERP says the IRN of %s can no longer be cancelled: %s", code, invoice, exc.message)
+                route = CANCEL_CREDIT_NOTE
+            else:
+                self.erp.cancel_sales_order(order["erp_sales_order_id"], idempotency_key=cancel_order_key(code))
+                self._close(order_code=code, route=CANCEL_IRN)
+                self.ledger.finish_posting(posting.message_id, outcome=CANCEL_IRN)
+                self.log.info("Order %s: IRN of invoice %s and sales order %s cancelled", code, invoice, order["erp_sales_order_id"])
+                return CANCEL_IRN
+
+        self.ledger.update_order(code, cancel_route=CANCEL_CREDIT_NOTE)
+        booking = self.erp.request_credit_note(invoice, code, CREDIT_NOTE_REASON, idempotency_key=credit_note_key(invoice))
+        self._close(order_code=code, route=CANCEL_CREDIT_NOTE)
+        self.ledger.finish_posting(posting.message_id, outcome=CANCEL_CREDIT_NOTE)
+        # The seller SOP keeps this credit note in the ERP (domain.md decision 5): say so where people look.
+        self.log.warning(
+            "Order %s cancelled after the IRN window: credit note %s requested in the ERP against invoice %s; "
+            "it stays in the ERP and is not uploaded to Omni (Ajio seller SOP)",
+            code,
+            _document_ref(booking.document),
+            invoice,
+        )
+        return CANCEL_CREDIT_NOTE
+
+    # --- ledger helpers ---------------------------------------------------------------------
+
+    def _close(self, *, order_code: str, route: str) -> None:
+        self.ledger.update_order(order_code, state=ORDER_CANCELLED, cancel_route=route, closed_at=now())
+
+    def _keep_invoice_out_of_omni(self, order: dict[str, Any]) -> None:
+        number = order["erp_invoice_number"]
+        document = self.ledger.get_document(DOC_INVOICE, number) if number else None
+        if document is None or document["state"] in (DOC_UPLOADED, DOC_SKIPPED):
+            return
+        self.ledger.update_document(
+            DOC_INVOICE,
+            number,
+            state=DOC_SKIPPED,
+            reason=f"order {order['order_code']} cancelled in Omni before the invoice was uploaded",
+            batch_id=self.batch_id,
+        )
+
+    def _dead_letter(self, posting: ClaimedPosting, reason: str) -> str:
+        self.ledger.record_dead_letter(
+            stage=STAGE_CANCELLATION, reason=reason, message_id=posting.message_id, business_key=posting.order_code
+        )
+        self.ledger.finish_posting(posting.message_id, state=DEAD, outcome="dead_letter", error=reason)
+        self.log.warning("Dead-lettered cancellation %s (order %s): %s", posting.message_id, posting.order_code, reason)
+        return "dead_letter"
+
+
+def _document_ref(document: Any) -> str:
+    """The ERP's id of a credit-note request, whatever shape the adapter returns."""
+    if isinstance(document, dict):
+        return str(document.get("creditNoteNumber") or document.get("creditNoteRequestId") or "(no id returned)")
+    return str(getattr(document, "credit_note_number", None) or document)

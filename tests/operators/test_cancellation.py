@@ -1,0 +1,382 @@
+"""F3 operator on a real ledger and the ERP sandbox: every route, the 24 h boundary on both sides, idempotency."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from omni_erp.hooks.erp import ErpHook
+from omni_erp.ledger import Ledger
+from omni_erp.operators.cancellation import ErpOrderCancelOperator, cancellation_route
+from omni_erp.operators.documents import ErpCreditNoteFetchOperator, ErpEInvoiceFetchOperator
+from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.report import LedgerBatchReportOperator
+from omni_erp.sandbox.lifecycle import cancel_posting
+from omni_erp.states import (
+    CANCEL_CREDIT_NOTE,
+    CANCEL_IRN,
+    CANCEL_NOT_BOOKED,
+    CANCEL_SALES_ORDER,
+    DEAD,
+    DOC_CREDIT_NOTE,
+    DOC_INVOICE,
+    DOC_KEPT_IN_ERP,
+    DOC_SKIPPED,
+    DONE,
+    ORDER_BOOKED,
+    ORDER_CANCELLED,
+    ORDER_COMPLETED,
+    ORDER_INVOICED,
+    ORDER_READY,
+    PENDING,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CREATE, CANCEL = "OUTWARD_ORDER_CREATE", "OUTWARD_ORDER_CANCEL"
+BATCH = "omni_order_cancellation/manual__test"
+CANCEL_SO = "POST /api/v1/sales-orders/{salesOrderId}/cancel"
+CANCEL_IRN_CALL = "POST /api/v1/e-invoices/cancel-irn"
+CREDIT_NOTE_CALL = "POST /api/v1/credit-notes"
+ERP_WRITES = (CANCEL_SO, CANCEL_IRN_CALL, CREDIT_NOTE_CALL)
+DAY = timedelta(hours=24)
+
+_setup_batches = itertools.count(1)
+
+
+# --- helpers shared with the F4 and DAG tests -------------------------------------------------------
+
+
+def create_posting(message_id: int, order_code: str) -> dict:
+    """The CREATE fixture (SKU 460491724004 x2 at 1120.00, 460491724011 x1 at 3299.00) for another order."""
+    raw = json.loads((FIXTURES / "outward_order_create.json").read_text())
+    raw.update(messageId=message_id, orderCode=order_code, parentOrderCode=order_code)
+    raw["orderCustomAttributes"]["attribute1"] = f"40426{message_id:05d}"
+    for n, item in enumerate(raw["orderItems"], start=1):
+        item["orderItemCode"] = f"{order_code}-{n}"
+    return raw
+
+
+def store(ledger: Ledger, *postings: dict) -> None:
+    for p in postings:
+        assert ledger.record_posting(
+            message_id=str(p["messageId"]), event_type=p["eventType"], business_key=p["orderCode"],
+            order_code=p["orderCode"], payload=p,
+        ) == "stored"
+
+
+def book(ledger: Ledger, *creates: dict, create: bool = True) -> str:
+    """Run the real F1 operators on ``creates`` in a batch of their own; returns that batch id."""
+    store(ledger, *creates)
+    batch = f"setup/f1-{next(_setup_batches)}"
+    OmniInboxClaimOperator(task_id="c", batch_id=batch, event_types=[CREATE]).execute(context={})
+    ErpSalesOrderMapOperator(task_id="m", batch_id=batch).execute(context={})
+    if create:
+        ErpSalesOrderCreateOperator(task_id="b", batch_id=batch).execute(context={})
+    return batch
+
+
+def wait_for_einvoices(count: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(ErpHook().einvoices_since(0, limit=500).items) < count:
+        assert time.monotonic() < deadline, f"the ERP did not publish {count} e-invoice(s)"
+        time.sleep(0.05)
+
+
+def record_invoices(count: int) -> dict:
+    """Wait until the ERP published ``count`` e-invoices and record them with the real F2 fetch operator."""
+    wait_for_einvoices(count)
+    return ErpEInvoiceFetchOperator(task_id="f2", batch_id=f"setup/f2-{next(_setup_batches)}").execute(context={})
+
+
+def set_clocks(monkeypatch, erp, at: datetime, *, erp_at: datetime | None = None) -> None:
+    """Move our clock (OMNI_ERP_CLOCK_OFFSET_S) and the ERP sandbox's clock so that "now" is ``at``."""
+    monkeypatch.setenv("OMNI_ERP_CLOCK_OFFSET_S", str((at - datetime.now(UTC)).total_seconds()))
+    erp.configure(clock_offset_s=((erp_at or at) - datetime.now(UTC)).total_seconds())
+
+
+def erp_writes(erp) -> dict[str, int]:
+    counts = erp.state()["request_counts"]
+    return {name: counts.get(name, 0) for name in ERP_WRITES}
+
+
+def invoice_of(erp, order_code: str) -> dict:
+    [invoice] = [i for i in erp.state()["invoices"] if i["orderCode"] == order_code]
+    return invoice
+
+
+def sales_order_of(erp, order_code: str) -> dict:
+    [order] = [o for o in erp.state()["sales_orders"] if o["orderCode"] == order_code]
+    return order
+
+
+# --- local helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def ledger(ledger_path) -> Ledger:
+    return Ledger.sqlite(ledger_path)
+
+
+def _cancel(ledger: Ledger, *cancels: dict, batch: str = BATCH, **kwargs) -> dict:
+    store(ledger, *cancels)
+    OmniInboxClaimOperator(task_id="c", batch_id=batch, event_types=[CANCEL]).execute(context={})
+    return ErpOrderCancelOperator(task_id="t", batch_id=batch, **kwargs).execute(context={})
+
+
+def _invoiced(ledger: Ledger, erp, order_code: str, message_id: int) -> tuple[dict, dict]:
+    """A booked order whose e-invoice F2 recorded; returns (CREATE posting, ledger order)."""
+    create = create_posting(message_id, order_code)
+    book(ledger, create)
+    record_invoices(len(erp.state()["invoices"]) + 1)
+    order = ledger.get_order(order_code)
+    assert order["state"] == ORDER_INVOICED and order["invoiced_at"] is not None
+    return create, order
+
+
+# --- routing: a pure decision, exact at the boundary ------------------------------------------------
+
+
+def _order(state: str, invoiced_at: datetime | None = None, cancel_route: str | None = None) -> dict:
+    return {"order_code": "FN1", "state": state, "invoiced_at": invoiced_at, "cancel_route": cancel_route}
+
+
+def test_route_at_the_exact_24_hour_boundary():
+    acked = datetime(2026, 11, 20, 5, 30, tzinfo=UTC)
+    route = lambda order, at: cancellation_route(order, at=at, irn_window=DAY)  # noqa: E731
+    assert route(_order(ORDER_INVOICED, acked), acked + DAY - timedelta(microseconds=1)) == CANCEL_IRN
+    assert route(_order(ORDER_INVOICED, acked), acked + DAY) == CANCEL_CREDIT_NOTE
+    assert route(_order(ORDER_INVOICED, acked), acked + DAY + timedelta(minutes=1)) == CANCEL_CREDIT_NOTE
+    # A cancellation that started on the IRN route finishes it, even when replayed after the window.
+    assert route(_order(ORDER_INVOICED, acked, CANCEL_IRN), acked + 2 * DAY) == CANCEL_IRN
+    # No acknowledgement time recorded: try the IRN and let the ERP say whether the window has closed.
+    assert route(_order(ORDER_INVOICED, None), acked) == CANCEL_IRN
+    assert route(None, acked) == route(_order(ORDER_READY), acked) == CANCEL_NOT_BOOKED
+    assert route(_order(ORDER_BOOKED), acked) == CANCEL_SALES_ORDER
+    assert route(_order(ORDER_CANCELLED, None, CANCEL_SALES_ORDER), acked) == "already_cancelled"
+    assert route(_order(ORDER_COMPLETED), acked) == "order_closed"
+
+
+# --- not booked: nothing is called ------------------------------------------------------------------
+
+
+def test_cancel_before_create_records_a_cancelled_order_that_f1_never_books(erp, ledger):
+    create = create_posting(1, "FN0000000001")
+    assert _cancel(ledger, cancel_posting(create, 2)) == {"batch_id": BATCH, CANCEL_NOT_BOOKED: 1}
+    order = ledger.get_order("FN0000000001")
+    assert order["state"] == ORDER_CANCELLED and order["cancel_route"] == CANCEL_NOT_BOOKED
+    assert order["create_message_id"] is None and order["closed_at"] is not None
+
+    book(ledger, create)  # the CREATE arrives late
+    assert [p["outcome"] for p in ledger.postings(CREATE)] == ["cancelled_before_booking"]
+    assert erp.state()["sales_orders"] == []
+    assert erp.state()["request_counts"] == {}  # not a single ERP call
+
+
+def test_cancel_of_mapped_or_empty_orders_calls_nothing_and_f1_then_skips_the_booking(erp, ledger):
+    mapped = create_posting(1, "FN0000000001")
+    empty = create_posting(2, "FN0000000002")
+    for item in empty["orderItems"]:
+        item["cancelledQuantity"] = item["orderedQuantity"]
+    setup = book(ledger, mapped, empty, create=False)  # mapped, not booked yet
+    assert ledger.get_order("FN0000000001")["state"] == ORDER_READY
+
+    summary = _cancel(ledger, cancel_posting(mapped, 11), cancel_posting(empty, 12))
+    assert summary == {"batch_id": BATCH, CANCEL_NOT_BOOKED: 2}
+    assert {ledger.get_order(c)["cancel_route"] for c in ("FN0000000001", "FN0000000002")} == {CANCEL_NOT_BOOKED}
+
+    booked = ErpSalesOrderCreateOperator(task_id="b", batch_id=setup).execute(context={})
+    assert booked == {"batch_id": setup, "not_booked_cancelled": 1}
+    assert erp.state()["request_counts"] == {}
+
+
+# --- booked, not e-invoiced -------------------------------------------------------------------------
+
+
+def test_booked_order_is_cancelled_in_the_erp_and_never_invoiced(erp, ledger):
+    code = "FN0000000001"
+    erp.configure(invoice_hold=[code])
+    create = create_posting(1, code)
+    book(ledger, create)
+    assert ledger.get_order(code)["state"] == ORDER_BOOKED
+
+    assert _cancel(ledger, cancel_posting(create, 2)) == {"batch_id": BATCH, CANCEL_SALES_ORDER: 1}
+    assert sales_order_of(erp, code)["status"] == "CANCELLED"
+    assert erp_writes(erp) == {CANCEL_SO: 1, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 0}
+    order = ledger.get_order(code)
+    assert (order["state"], order["cancel_route"]) == (ORDER_CANCELLED, CANCEL_SALES_ORDER)
+    assert [c["idempotency_key"] for c in ledger.calls() if c["operation"] == "cancel_sales_order"] == [f"cancel:{code}"]
+
+    erp.configure(invoice_hold=[])  # the ERP never e-invoices a cancelled sales order
+    time.sleep(0.3)
+    assert erp.state()["invoices"] == []
+
+    # Airflow retrying the task, and Omni re-delivering the cancellation: nothing is called again.
+    assert ErpOrderCancelOperator(task_id="t", batch_id=BATCH).execute(context={}) == {"batch_id": BATCH}
+    again = _cancel(ledger, cancel_posting(create, 3), batch="omni_order_cancellation/manual__again")
+    assert again == {"batch_id": "omni_order_cancellation/manual__again", "already_cancelled": 1}
+    assert erp_writes(erp) == {CANCEL_SO: 1, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 0}
+    assert {p["state"] for p in ledger.postings(CANCEL)} == {DONE}
+
+
+def test_invoice_the_ledger_has_not_recorded_yet_defers_the_posting_instead_of_guessing(erp, ledger):
+    code = "FN0000000001"
+    create = create_posting(1, code)
+    book(ledger, create)
+    wait_for_einvoices(1)  # the ERP invoiced it; F2 has not read the feed yet
+
+    assert _cancel(ledger, cancel_posting(create, 2)) == {"batch_id": BATCH, "waiting_for_invoice": 1}
+    [posting] = ledger.postings(CANCEL)
+    assert posting["state"] == PENDING and "ORDER_INVOICED" in posting["last_error"]
+    assert ledger.get_order(code)["state"] == ORDER_BOOKED
+    assert invoice_of(erp, code)["status"] == "ACTIVE" and erp.state()["credit_note_requests"] == []
+
+    record_invoices(1)
+    later = "omni_order_cancellation/manual__later"
+    OmniInboxClaimOperator(task_id="c", batch_id=later, event_types=[CANCEL]).execute(context={})
+    assert ErpOrderCancelOperator(task_id="t", batch_id=later).execute(context={}) == {"batch_id": later, CANCEL_IRN: 1}
+    assert invoice_of(erp, code)["status"] == "CANCELLED"
+
+
+# --- e-invoiced: the 24-hour boundary on both sides -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age", "route"),
+    [
+        (timedelta(hours=23, minutes=59), CANCEL_IRN),
+        (timedelta(hours=23, minutes=59, seconds=59), CANCEL_IRN),
+        (DAY, CANCEL_CREDIT_NOTE),  # exactly 24 h when the clocks are set (plus the test's own milliseconds)
+        (DAY + timedelta(minutes=1), CANCEL_CREDIT_NOTE),
+    ],
+    ids=["23h59m", "23h59m59s", "24h", "24h01m"],
+)
+def test_invoiced_order_routes_by_the_age_of_its_irn(erp, ledger, monkeypatch, age, route):
+    code = "FN0000000001"
+    create, order = _invoiced(ledger, erp, code, 1)
+    set_clocks(monkeypatch, erp, order["invoiced_at"] + age)
+
+    assert _cancel(ledger, cancel_posting(create, 2)) == {"batch_id": BATCH, route: 1}
+    stored = ledger.get_order(code)
+    assert (stored["state"], stored["cancel_route"]) == (ORDER_CANCELLED, route)
+    # The order is cancelled in Omni: its invoice, not uploaded yet, is never uploaded now.
+    assert ledger.get_document(DOC_INVOICE, order["erp_invoice_number"])["state"] == DOC_SKIPPED
+    invoice = invoice_of(erp, code)
+    if route == CANCEL_IRN:
+        assert invoice["status"] == "CANCELLED" and sales_order_of(erp, code)["status"] == "CANCELLED"
+        assert erp_writes(erp) == {CANCEL_SO: 1, CANCEL_IRN_CALL: 1, CREDIT_NOTE_CALL: 0}
+        assert erp.state()["credit_note_requests"] == []
+    else:
+        assert invoice["status"] == "ACTIVE" and sales_order_of(erp, code)["status"] == "INVOICED"
+        assert erp_writes(erp) == {CANCEL_SO: 0, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 1}
+        [request] = erp.state()["credit_note_requests"]
+        assert request["invoiceNumber"] == order["erp_invoice_number"]
+        keys = [c["idempotency_key"] for c in ledger.calls() if c["operation"] == "request_credit_note"]
+        assert keys == [f"credit-note:{order['erp_invoice_number']}"]
+
+
+def test_credit_note_route_is_named_in_the_run_report_and_the_note_stays_in_the_erp(erp, ledger, monkeypatch, capfd):
+    code = "FN0000000001"
+    create, order = _invoiced(ledger, erp, code, 1)
+    set_clocks(monkeypatch, erp, order["invoiced_at"] + DAY + timedelta(hours=2))
+    capfd.readouterr()
+    _cancel(ledger, cancel_posting(create, 2))
+    logged = [line for line in capfd.readouterr().out.splitlines() if "credit note" in line]
+    assert any(code in line and order["erp_invoice_number"] in line and "not uploaded to Omni" in line for line in logged)
+    report = LedgerBatchReportOperator(task_id="r", batch_id=BATCH).execute(context={})
+    assert report["by_outcome"]["done:credit_note"] == 1
+    assert report["by_outcome"][f"invoice:{DOC_SKIPPED}"] == 1
+
+    # F6 reads the credit note the ERP raised and keeps it in the ERP (Ajio seller SOP).
+    deadline = time.monotonic() + 5
+    while not erp.state()["credit_notes"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ErpCreditNoteFetchOperator(task_id="f6", batch_id="setup/f6").execute(context={})
+    [note] = ledger.documents(DOC_CREDIT_NOTE, order_code=code)
+    assert note["state"] == DOC_KEPT_IN_ERP
+
+
+def test_erp_saying_the_irn_window_closed_switches_to_a_credit_note(erp, ledger, monkeypatch):
+    """Our clock says 23h59m, the ERP's says 24h01m: the ERP is the authority on its IRP window."""
+    code = "FN0000000001"
+    create, order = _invoiced(ledger, erp, code, 1)
+    acked = order["invoiced_at"]
+    set_clocks(monkeypatch, erp, acked + timedelta(hours=23, minutes=59), erp_at=acked + DAY + timedelta(minutes=1))
+
+    assert _cancel(ledger, cancel_posting(create, 2)) == {"batch_id": BATCH, CANCEL_CREDIT_NOTE: 1}
+    assert erp_writes(erp) == {CANCEL_SO: 0, CANCEL_IRN_CALL: 1, CREDIT_NOTE_CALL: 1}
+    assert [r["code"] for r in erp.state()["rejected"]] == ["IRN_CANCEL_WINDOW_CLOSED"]
+    assert invoice_of(erp, code)["status"] == "ACTIVE"
+    assert ledger.get_order(code)["cancel_route"] == CANCEL_CREDIT_NOTE
+
+
+# --- crashes, outages, closed orders ----------------------------------------------------------------
+
+
+def test_crash_after_the_irn_was_cancelled_is_finished_by_the_replay_even_past_24_hours(erp, ledger, monkeypatch):
+    """The ERP cancels the IRN but its answer never arrives; the next run, a day later, must not ask for a credit note."""
+    code = "FN0000000001"
+    create, order = _invoiced(ledger, erp, code, 1)
+    set_clocks(monkeypatch, erp, order["invoiced_at"] + timedelta(hours=1))
+    monkeypatch.setenv("OMNI_ERP_HTTP_READ_TIMEOUT_S", "0.3")
+    erp.configure(fail_next=["timeout"] * 4, timeout_s=0.6)  # every attempt does the work, no answer arrives
+
+    with pytest.raises(AirflowFailException, match="1 item\\(s\\) deferred"):
+        _cancel(ledger, cancel_posting(create, 2))
+    assert invoice_of(erp, code)["status"] == "CANCELLED"  # done in the ERP ...
+    stored = ledger.get_order(code)
+    assert stored["state"] == ORDER_INVOICED and stored["cancel_route"] == CANCEL_IRN  # ... not in the ledger
+    assert ledger.postings(CANCEL)[0]["state"] == PENDING
+
+    set_clocks(monkeypatch, erp, order["invoiced_at"] + DAY + timedelta(hours=1))
+    later = "omni_order_cancellation/manual__replay"
+    OmniInboxClaimOperator(task_id="c", batch_id=later, event_types=[CANCEL]).execute(context={})
+    assert ErpOrderCancelOperator(task_id="t", batch_id=later).execute(context={}) == {"batch_id": later, CANCEL_IRN: 1}
+    assert sales_order_of(erp, code)["status"] == "CANCELLED"
+    assert erp.state()["credit_note_requests"] == []
+    assert erp.state()["duplicates"]["irn_cancel"] >= 1  # the replay was answered from the same key
+    assert ledger.get_order(code)["state"] == ORDER_CANCELLED
+
+
+def test_erp_outage_defers_cancellations_and_the_next_run_finishes_them(erp, ledger):
+    creates = [create_posting(i, f"FN000000000{i}") for i in (1, 2, 3)]
+    erp.configure(invoice_hold=[c["orderCode"] for c in creates])
+    book(ledger, *creates)
+    erp.configure(error_rate=1.0)
+    with pytest.raises(AirflowFailException, match="3 item\\(s\\) deferred"):
+        _cancel(ledger, *[cancel_posting(c, 10 + i) for i, c in enumerate(creates)], max_consecutive_unavailable=2)
+    tried = {c["idempotency_key"] for c in ledger.calls() if c["operation"] == "cancel_sales_order"}
+    assert len(tried) == 2  # the circuit opened: the third order was not attempted
+    assert {p["state"] for p in ledger.postings(CANCEL)} == {PENDING}
+
+    erp.configure(error_rate=0.0)
+    later = "omni_order_cancellation/manual__recovered"
+    OmniInboxClaimOperator(task_id="c", batch_id=later, event_types=[CANCEL]).execute(context={})
+    assert ErpOrderCancelOperator(task_id="t", batch_id=later).execute(context={}) == {"batch_id": later, CANCEL_SALES_ORDER: 3}
+    assert {o["status"] for o in erp.state()["sales_orders"]} == {"CANCELLED"}
+
+
+def test_cancelling_a_completed_order_is_dead_lettered_without_calling_the_erp(erp, ledger):
+    from omni_erp.operators.completion import ErpOrderCompleteOperator
+    from omni_erp.sandbox.lifecycle import complete_posting
+
+    code = "FN0000000001"
+    create, _ = _invoiced(ledger, erp, code, 1)
+    store(ledger, complete_posting(create, 2))
+    OmniInboxClaimOperator(task_id="c", batch_id="setup/f4", event_types=["OUTWARD_ORDER_COMPLETE"]).execute(context={})
+    ErpOrderCompleteOperator(task_id="f4", batch_id="setup/f4").execute(context={})
+    assert ledger.get_order(code)["state"] == ORDER_COMPLETED
+
+    assert _cancel(ledger, cancel_posting(create, 3)) == {"batch_id": BATCH, "dead_letter": 1}
+    [dead] = ledger.dead_letters("order_cancellation")
+    assert dead["message_id"] == "3" and "after packing" in dead["reason"]
+    assert ledger.postings(CANCEL)[0]["state"] == DEAD
+    assert erp_writes(erp) == {CANCEL_SO: 0, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 0}
+    assert ledger.get_order(code)["state"] == ORDER_COMPLETED
