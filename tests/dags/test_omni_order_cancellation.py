@@ -11,7 +11,7 @@ from omni_erp.sandbox.lifecycle import cancel_posting
 from omni_erp.sandbox.pusher import PostingPusher
 from omni_erp.states import CANCEL_CREDIT_NOTE, CANCEL_IRN, CANCEL_NOT_BOOKED, CANCEL_SALES_ORDER, DOC_INVOICE, DOC_SKIPPED, DONE
 from tests.conftest import INBOX_KEY
-from tests.operators.test_cancellation import DAY, create_posting, erp_writes, record_invoices, set_clocks
+from tests.flows import DAY, create_posting, erp_writes, record_invoices, set_clocks
 
 pytestmark = pytest.mark.integration
 

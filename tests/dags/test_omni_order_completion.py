@@ -9,7 +9,7 @@ from omni_erp.sandbox.lifecycle import complete_posting
 from omni_erp.sandbox.pusher import PostingPusher
 from omni_erp.states import DEAD, DONE, ORDER_COMPLETED, ORDER_COMPLETED_WITH_RETURN, RETURN_BOOKED
 from tests.conftest import INBOX_KEY
-from tests.operators.test_cancellation import create_posting, record_invoices
+from tests.flows import create_posting, record_invoices
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from omni_erp.states import (
     RETURN_PARTIAL_CANCEL,
     RETURN_REJECTED,
 )
-from tests.operators.test_cancellation import book, create_posting, record_invoices, store
+from tests.flows import book, create_posting, record_invoices, store
 
 COMPLETE = "OUTWARD_ORDER_COMPLETE"
 BATCH = "omni_order_completion/manual__test"

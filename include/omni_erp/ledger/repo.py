@@ -185,6 +185,34 @@ class Ledger:
                 .values(state=PENDING, outcome="deferred", last_error=error, lease_until=None, updated_at=now())
             ).rowcount
 
+    def has_open_posting(self, order_code: str, event_type: str) -> bool:
+        """True when a posting of ``event_type`` for the order is stored but not processed yet."""
+        m = t.inbox_message
+        query = select(func.count()).where(
+            m.c.order_code == order_code, m.c.event_type == event_type, m.c.state.in_([PENDING, CLAIMED])
+        )
+        with self.engine.connect() as conn:
+            return bool(conn.execute(query).scalar())
+
+    def reopen_postings(self, order_code: str, event_type: str, *, reason: str) -> int:
+        """Put processed postings of ``event_type`` for the order back in the queue; returns how many."""
+        m = t.inbox_message
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(m)
+                .where(m.c.order_code == order_code, m.c.event_type == event_type, m.c.state == DONE)
+                .values(state=PENDING, outcome="reopened", last_error=reason, lease_until=None, updated_at=now())
+            ).rowcount
+
+    def update_order_if(self, order_code: str, *, expected_state: str, **values: Any) -> bool:
+        """Update the order only while it is still in ``expected_state`` (compare-and-set); True if applied."""
+        o = t.ajio_order
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(o).where(o.c.order_code == order_code, o.c.state == expected_state).values(updated_at=now(), **values)
+            ).rowcount
+        return changed == 1
+
     def batch_postings(self, batch_id: str) -> list[dict[str, Any]]:
         """Every posting a batch touched, with its current state (for the run report)."""
         m, o = t.inbox_message, t.ajio_order
@@ -219,7 +247,7 @@ class Ledger:
         order_code: str,
         po_number: str | None,
         state: str,
-        create_message_id: str,
+        create_message_id: str | None,
         lines: list[dict[str, Any]],
         total_amount: Decimal,
         erp_request: dict[str, Any] | None,

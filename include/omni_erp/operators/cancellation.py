@@ -7,7 +7,7 @@ from decimal import Decimal
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
-from omni_erp import settings
+from omni_erp import keys, settings
 from omni_erp.exceptions import RemoteRejectedError
 from omni_erp.operators.base import LedgerOperator
 from omni_erp.states import (
@@ -53,19 +53,6 @@ CREDIT_NOTE_REASON = "Order cancelled by Ajio after the 24-hour IRN cancellation
 # The ERP's answers (409) that are business facts, not errors (contracts/erp_rest.yaml).
 ERP_ORDER_INVOICED = "ORDER_INVOICED"
 ERP_IRN_WINDOW_CLOSED = "IRN_CANCEL_WINDOW_CLOSED"
-
-
-def cancel_order_key(order_code: str) -> str:
-    """One idempotency key per order and action (domain.md decision 9)."""
-    return f"cancel:{order_code}"
-
-
-def cancel_irn_key(invoice_number: str) -> str:
-    return f"cancel-irn:{invoice_number}"
-
-
-def credit_note_key(invoice_number: str) -> str:
-    return f"credit-note:{invoice_number}"
 
 
 def cancellation_route(order: dict[str, Any] | None, *, at: datetime, irn_window: timedelta) -> str:
@@ -186,7 +173,7 @@ class ErpOrderCancelOperator(LedgerOperator):
                 order_code=posting.order_code,
                 po_number=None,
                 state=ORDER_CANCELLED,
-                create_message_id=None,  # type: ignore[arg-type]
+                create_message_id=None,
                 lines=[],
                 total_amount=Decimal(0),
                 erp_request=None,
@@ -212,7 +199,7 @@ class ErpOrderCancelOperator(LedgerOperator):
     def _cancel_sales_order(self, posting: ClaimedPosting, order: dict[str, Any]) -> str:
         code = order["order_code"]
         try:
-            self.erp.cancel_sales_order(order["erp_sales_order_id"], idempotency_key=cancel_order_key(code))
+            self.erp.cancel_sales_order(order["erp_sales_order_id"], idempotency_key=keys.cancel_sales_order(code))
         except RemoteRejectedError as exc:
             if exc.status != 409 or exc.code != ERP_ORDER_INVOICED:
                 raise
@@ -237,21 +224,21 @@ class ErpOrderCancelOperator(LedgerOperator):
             # Recorded before calling: a replay after a crash continues this route even past 24 h.
             self.ledger.update_order(code, cancel_route=CANCEL_IRN)
             try:
-                self.erp.cancel_irn(invoice, IRN_CANCEL_REASON, idempotency_key=cancel_irn_key(invoice))
+                self.erp.cancel_irn(invoice, IRN_CANCEL_REASON, idempotency_key=keys.cancel_irn(invoice))
             except RemoteRejectedError as exc:
                 if exc.status != 409 or exc.code != ERP_IRN_WINDOW_CLOSED:
                     raise
                 self.log.info("Order %s: the ERP says the IRN of %s can no longer be cancelled: %s", code, invoice, exc.message)
                 route = CANCEL_CREDIT_NOTE
             else:
-                self.erp.cancel_sales_order(order["erp_sales_order_id"], idempotency_key=cancel_order_key(code))
+                self.erp.cancel_sales_order(order["erp_sales_order_id"], idempotency_key=keys.cancel_sales_order(code))
                 self._close(order_code=code, route=CANCEL_IRN)
                 self.ledger.finish_posting(posting.message_id, outcome=CANCEL_IRN)
                 self.log.info("Order %s: IRN of invoice %s and sales order %s cancelled", code, invoice, order["erp_sales_order_id"])
                 return CANCEL_IRN
 
         self.ledger.update_order(code, cancel_route=CANCEL_CREDIT_NOTE)
-        booking = self.erp.request_credit_note(invoice, code, CREDIT_NOTE_REASON, idempotency_key=credit_note_key(invoice))
+        booking = self.erp.request_credit_note(invoice, code, CREDIT_NOTE_REASON, idempotency_key=keys.credit_note_for_invoice(invoice))
         self._close(order_code=code, route=CANCEL_CREDIT_NOTE)
         self.ledger.finish_posting(posting.message_id, outcome=CANCEL_CREDIT_NOTE)
         # The seller SOP keeps this credit note in the ERP (domain.md decision 5): say so where people look.

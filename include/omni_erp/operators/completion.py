@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from omni_erp import settings
+from omni_erp import keys, settings
 from omni_erp.exceptions import RemoteRejectedError
 from omni_erp.operators.base import LedgerOperator
 from omni_erp.states import (
@@ -41,11 +41,6 @@ ALREADY_COMPLETED = "already_completed"
 NO_EINVOICE = "no e-invoice recorded yet"
 WAITING_FOR_EINVOICE = "waiting_for_einvoice"  # not "deferred": that one means an outage (LedgerOperator.process_each)
 FIGURES = ["invoiced", "shipped", "returned_before"]
-
-
-def return_order_key(return_order_code: str) -> str:
-    """One idempotency key per return order (domain.md decision 9)."""
-    return f"return:{return_order_code}"
 
 
 def partial_cancel_code(order_code: str, n: int) -> str:
@@ -276,7 +271,7 @@ class ErpOrderCompleteOperator(LedgerOperator):
         code = stored["return_order_code"]
         request = ReturnOrderRequest.model_validate(stored["erp_request"])
         try:
-            booking = self.erp.create_return_order(request, idempotency_key=return_order_key(code))
+            booking = self.erp.create_return_order(request, idempotency_key=keys.return_order(code))
         except RemoteRejectedError:
             self.ledger.update_return_order(code, state=RETURN_REJECTED)
             raise

@@ -6,7 +6,7 @@ from collections import Counter
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from omni_erp import settings
+from omni_erp import keys, settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import LedgerOperator
 from omni_erp.states import (
@@ -24,11 +24,6 @@ if TYPE_CHECKING:
 
     from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.ledger.repo import ClaimedPosting
-
-
-def sales_order_key(order_code: str) -> str:
-    """One idempotency key per order and action (domain.md decision 9)."""
-    return f"create:{order_code}"
 
 
 class ErpSalesOrderMapOperator(LedgerOperator):
@@ -154,7 +149,7 @@ class ErpSalesOrderCreateOperator(LedgerOperator):
             return f"not_booked_{order['state']}"
         request = SalesOrderRequest.model_validate(order["erp_request"])
         try:
-            booking = self.erp.create_sales_order(request, idempotency_key=sales_order_key(order["order_code"]))
+            booking = self.erp.create_sales_order(request, idempotency_key=keys.create_sales_order(order["order_code"]))
         except RemoteRejectedError as exc:
             reason = f"ERP rejected the sales order: {exc.code + ': ' if exc.code else ''}{exc.message}"
             ledger.update_order(order["order_code"], state=ORDER_REJECTED)
@@ -164,9 +159,30 @@ class ErpSalesOrderCreateOperator(LedgerOperator):
             ledger.finish_posting(posting.message_id, state=DEAD, outcome="rejected_by_erp", error=reason)
             self.log.error("Order %s: %s", posting.order_code, reason)
             return "rejected_by_erp"
-        ledger.update_order(order["order_code"], state=ORDER_BOOKED, erp_sales_order_id=booking.document.sales_order_id)
+        sales_order_id = booking.document.sales_order_id
+        if not ledger.update_order_if(
+            order["order_code"], expected_state=ORDER_READY, state=ORDER_BOOKED, erp_sales_order_id=sales_order_id
+        ):
+            return self._cancelled_while_booking(posting, sales_order_id)
         ledger.finish_posting(posting.message_id, outcome="booked")
         if booking.replayed:
             self.log.info("Order %s was already booked in the ERP as %s", order["order_code"], booking.document.sales_order_id)
             return "already_booked"
         return "booked"
+
+    def _cancelled_while_booking(self, posting: ClaimedPosting, sales_order_id: str) -> str:
+        """F3 closed the order as "not booked" while our booking was in flight: the ERP now has it.
+
+        Record the booking and give the cancellation back to F3, which routes it like any other
+        (cancel the sales order, or the IRN, or raise a credit note - whatever the ERP has done by then).
+        """
+        self.ledger.update_order(posting.order_code, state=ORDER_BOOKED, erp_sales_order_id=sales_order_id, cancel_route=None)
+        reopened = self.ledger.reopen_postings(
+            posting.order_code, settings.EVENT_CANCEL, reason=f"order was booked in the ERP as {sales_order_id} while being cancelled"
+        )
+        self.ledger.finish_posting(posting.message_id, outcome="booked")
+        self.log.warning(
+            "Order %s was cancelled while being booked (ERP order %s); %d cancellation(s) handed back to F3",
+            posting.order_code, sales_order_id, reopened,
+        )
+        return "booked_while_cancelled"

@@ -207,6 +207,9 @@ class OmniInvoiceUploadOperator(_OmniDocumentUploadOperator):
         order = self.ledger.get_order(document["order_code"])
         if order is not None and order["state"] == ORDER_CANCELLED:
             return f"order {order['order_code']} was cancelled in Omni ({order['cancel_route'] or 'route unknown'})"
+        if self.ledger.has_open_posting(document["order_code"], settings.EVENT_CANCEL):
+            # Omni cancelled the order and F3 has not finished it yet (e.g. it waits for this very invoice).
+            return f"order {document['order_code']} has a cancellation waiting to be processed"
         return None
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from omni_erp import settings
+from omni_erp import keys, settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import LedgerOperator
 from omni_erp.states import (
@@ -37,11 +37,6 @@ if TYPE_CHECKING:
 RETURN_KINDS = {"CUSTOMER_RETURN": RETURN_CUSTOMER, "SELF_SHIP": RETURN_CUSTOMER, "RETURN_TO_ORIGIN": RETURN_RTO}
 QC_PASS = "PASS"
 SUMMARY_KEYS = ("booked", "already_booked", "manual_settlement_only", "manual_units", "dead_letter", "deferred")
-
-
-def return_order_key(return_order_code: str) -> str:
-    """One idempotency key per return order (domain.md decision 9)."""
-    return f"return:{return_order_code}"
 
 
 @dataclass(frozen=True)
@@ -290,7 +285,7 @@ class ErpSalesReturnOperator(LedgerOperator):
         code = stored["return_order_code"]
         request = ReturnOrderRequest.model_validate(stored["erp_request"])
         try:
-            booking = self.erp.create_return_order(request, idempotency_key=return_order_key(code))
+            booking = self.erp.create_return_order(request, idempotency_key=keys.return_order(code))
         except RemoteRejectedError as exc:
             ledger.update_return_order(code, state=RETURN_REJECTED)
             return self._dead(
