@@ -25,7 +25,7 @@ os.environ.update(
         "AIRFLOW_HOME": str(WORK / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
         "NO_PROXY": "127.0.0.1,localhost",
     }
 )

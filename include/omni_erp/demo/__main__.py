@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         airflow = Airflow()
         # A realistic ERP: some 5xx and some answers that arrive after our 2 s timeout (work already done).
         stack.erp_config(error_rate=0.05, timeout_rate=0.03, timeout_s=3, seed=args.seed)
+        # ...and an Omni that answers 503 and 500 to the first uploads (refused before storing anything).
+        stack.omni_config(fail_next=[503, 500, 503])
 
         print("\n[demo] 1. orders arrive; two are cancelled before the ERP sees them")
         omni.push(plan.creates, "OUTWARD_ORDER_CREATE")
