@@ -26,10 +26,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
-from airflow.sdk import DAG, AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+from airflow.sdk import DAG
 
-from omni_erp.alerts import deadline_missed, task_failed
+from omni_erp import dag_conventions as conventions
 from omni_erp.operators.documents import ErpEInvoiceFetchOperator
 from omni_erp.operators.omni import OmniInvoiceUploadOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
@@ -40,37 +39,16 @@ with DAG(
     dag_display_name="F2 · ERP e-invoice → Omni B2B invoice",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=CronTriggerTimetable("*/5 * * * *", timezone="Asia/Kolkata"),
-    start_date=pendulum.datetime(2026, 11, 1, tz="Asia/Kolkata"),
+    schedule=conventions.every("*/5 * * * *"),
+    start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),
     tags=[Tag.Flow.f2, Tag.System.erp, Tag.System.omni, Tag.Impact.tier_1],
-    default_args={
-        "owner": "omni-erp-integration",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(minutes=20),
-        "on_failure_callback": task_failed,
-    },
-    params={
-        "flow": Param("f2", type="string", const="f2", title="Flow", description="Flow id used in alerts."),
-        "since_seq": Param(
-            None, type=["null", "integer"], minimum=0, title="Re-read from sequence number",
-            description="Re-read the ERP feed from this sequence number (empty: from the stored cursor).",
-        ),
-        "retry_failed": Param(
-            False, type="boolean", title="Retry failed uploads",
-            description="Also upload invoices Omni rejected before (after the cause was fixed).",
-        ),
-    },
+    default_args=conventions.default_args(),
+    params=conventions.params("f2", feed="e-invoices"),
     # SLA: the warehouse cannot pick an Ajio order until its invoice reached Omni (domain.md section 1).
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=timedelta(minutes=15),
-        callback=AsyncCallback(deadline_missed, kwargs={"flow": "f2"}),
-    ),
+    deadline=conventions.sla("f2", minutes=15),
 ) as dag:
     fetch = ErpEInvoiceFetchOperator(task_id="fetch_einvoices", since_seq="{{ params.since_seq }}")
     upload = OmniInvoiceUploadOperator(task_id="upload_invoices", retry_failed="{{ params.retry_failed }}")

@@ -35,10 +35,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
-from airflow.sdk import DAG, AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+from airflow.sdk import DAG
 
-from omni_erp.alerts import deadline_missed, task_failed
+from omni_erp import dag_conventions as conventions
 from omni_erp.operators.cancellation import ErpOrderCancelOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
@@ -50,33 +49,16 @@ with DAG(
     dag_display_name="F3 · Omni order cancellation → ERP",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=CronTriggerTimetable("*/5 * * * *", timezone="Asia/Kolkata"),
-    start_date=pendulum.datetime(2026, 11, 1, tz="Asia/Kolkata"),
+    schedule=conventions.every("*/5 * * * *"),
+    start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),
     tags=[Tag.Flow.f3, Tag.System.omni, Tag.System.erp, Tag.Impact.tier_1],
-    default_args={
-        "owner": "omni-erp-integration",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(minutes=20),
-        "on_failure_callback": task_failed,
-    },
-    params={
-        "flow": Param("f3", type="string", const="f3", title="Flow", description="Flow id used in alerts."),
-        "limit": Param(
-            500, type="integer", minimum=1, maximum=5000, title="Batch size",
-            description="Most postings to claim in one run.",
-        ),
-    },
+    default_args=conventions.default_args(),
+    params=conventions.params("f3", claims="OUTWARD_ORDER_CANCEL"),
     # SLA: every hour lost can push an e-invoiced order past the 24-hour IRN window.
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=timedelta(minutes=15),
-        callback=AsyncCallback(deadline_missed, kwargs={"flow": "f3"}),
-    ),
+    deadline=conventions.sla("f3", minutes=15),
 ) as dag:
     claim = OmniInboxClaimOperator(task_id="claim_postings", event_types=[EVENT_CANCEL], limit="{{ params.limit }}")
     cancel = ErpOrderCancelOperator(task_id="cancel_orders")

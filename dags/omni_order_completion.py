@@ -30,10 +30,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
-from airflow.sdk import DAG, AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+from airflow.sdk import DAG
 
-from omni_erp.alerts import deadline_missed, task_failed
+from omni_erp import dag_conventions as conventions
 from omni_erp.operators.completion import ErpOrderCompleteOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
@@ -45,33 +44,16 @@ with DAG(
     dag_display_name="F4 · Omni order completion → ERP return order",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=CronTriggerTimetable("*/15 * * * *", timezone="Asia/Kolkata"),
-    start_date=pendulum.datetime(2026, 11, 1, tz="Asia/Kolkata"),
+    schedule=conventions.every("*/15 * * * *"),
+    start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=45),
     tags=[Tag.Flow.f4, Tag.System.omni, Tag.System.erp, Tag.Impact.tier_2],
-    default_args={
-        "owner": "omni-erp-integration",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(minutes=30),
-        "on_failure_callback": task_failed,
-    },
-    params={
-        "flow": Param("f4", type="string", const="f4", title="Flow", description="Flow id used in alerts."),
-        "limit": Param(
-            500, type="integer", minimum=1, maximum=5000, title="Batch size",
-            description="Most postings to claim in one run.",
-        ),
-    },
+    default_args=conventions.default_args(),
+    params=conventions.params("f4", claims="OUTWARD_ORDER_COMPLETE"),
     # SLA: completions are bookkeeping after dispatch; a run should still finish well before the next two.
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=timedelta(minutes=30),
-        callback=AsyncCallback(deadline_missed, kwargs={"flow": "f4"}),
-    ),
+    deadline=conventions.sla("f4", minutes=30),
 ) as dag:
     claim = OmniInboxClaimOperator(task_id="claim_postings", event_types=[EVENT_COMPLETE], limit="{{ params.limit }}")
     complete = ErpOrderCompleteOperator(task_id="complete_orders")

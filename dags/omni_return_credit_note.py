@@ -30,10 +30,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
-from airflow.sdk import DAG, AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+from airflow.sdk import DAG
 
-from omni_erp.alerts import deadline_missed, task_failed
+from omni_erp import dag_conventions as conventions
 from omni_erp.operators.documents import ErpCreditNoteFetchOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.omni import OmniCreditNoteUploadOperator
@@ -47,42 +46,16 @@ with DAG(
     dag_display_name="F5 + F6 · Omni returns → ERP return orders → credit notes to Omni",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=CronTriggerTimetable("*/15 * * * *", timezone="Asia/Kolkata"),
-    start_date=pendulum.datetime(2026, 11, 1, tz="Asia/Kolkata"),
+    schedule=conventions.every("*/15 * * * *"),
+    start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),
     tags=[Tag.Flow.f5, Tag.System.omni, Tag.System.erp, Tag.Impact.tier_1],
-    default_args={
-        "owner": "omni-erp-integration",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(minutes=20),
-        "on_failure_callback": task_failed,
-    },
-    params={
-        "flow": Param("f5", type="string", const="f5", title="Flow", description="Flow id used in alerts."),
-        "limit": Param(
-            500, type="integer", minimum=1, maximum=5000, title="Batch size",
-            description="Most return postings to claim in one run.",
-        ),
-        "since_seq": Param(
-            None, type=["null", "integer"], minimum=0, title="Re-read credit notes from",
-            description="Read the ERP credit-note feed from this position instead of the stored cursor "
-            "(already recorded credit notes are not uploaded again). Empty: the stored cursor.",
-        ),
-        "retry_failed": Param(
-            False, type="boolean", title="Retry rejected uploads",
-            description="Also re-send credit notes Omni rejected (4xx) in earlier runs, after the cause was fixed.",
-        ),
-    },
+    default_args=conventions.default_args(),
+    params=conventions.params("f5", claims="return", feed="credit notes"),
     # SLA: one run must finish well before the next is due (Ajio settles returns on the credit note).
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=timedelta(minutes=15),
-        callback=AsyncCallback(deadline_missed, kwargs={"flow": "f5"}),
-    ),
+    deadline=conventions.sla("f5", minutes=15),
 ) as dag:
     claim = OmniInboxClaimOperator(task_id="claim_returns", event_types=[EVENT_RETURN], limit="{{ params.limit }}")
     create = ErpSalesReturnOperator(task_id="create_return_orders")

@@ -14,6 +14,7 @@ from omni_erp.exceptions import RemoteUnavailableError
 
 if TYPE_CHECKING:
     from omni_erp.hooks.base import Attempt
+    from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.ledger import Ledger
 
 Item = TypeVar("Item")
@@ -107,3 +108,24 @@ class LedgerOperator(BaseOperator):
                 f"they wait for the next run. Summary: {summary}"
             )
         return summary
+
+
+class ErpOperator(LedgerOperator):
+    """Base for operators that call the seller's ERP through the ``ErpAdapter`` interface.
+
+    :param erp_conn_id: connection of the ERP.
+    :param max_consecutive_unavailable: stop calling an ERP that failed this many items in a row.
+    """
+
+    def __init__(
+        self, *, erp_conn_id: str = settings.ERP_CONN_ID, max_consecutive_unavailable: int = 3, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.erp_conn_id = erp_conn_id
+        self.max_consecutive_unavailable = max_consecutive_unavailable
+
+    @cached_property
+    def erp(self) -> ErpAdapter:
+        from omni_erp.hooks.erp import ErpHook
+
+        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)

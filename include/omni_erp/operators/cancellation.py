@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cached_property, partial
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import RemoteRejectedError
-from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.base import ErpOperator
 from omni_erp.states import (
     CANCEL_CREDIT_NOTE,
     CANCEL_IRN,
@@ -34,7 +34,6 @@ from omni_erp.timeutil import now
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.ledger.repo import ClaimedPosting
 
 # Nothing exists in the ERP for these: F1 has not booked the order (or the ERP refused it).
@@ -86,7 +85,7 @@ def cancellation_route(order: dict[str, Any] | None, *, at: datetime, irn_window
     return CANCEL_IRN if at - invoiced_at < irn_window else CANCEL_CREDIT_NOTE
 
 
-class ErpOrderCancelOperator(LedgerOperator):
+class ErpOrderCancelOperator(ErpOperator):
     """Handle the batch's ``OUTWARD_ORDER_CANCEL`` postings (for Ajio always full cancellations).
 
     Routes by the order's state in the ledger: not booked -> marked cancelled, nothing called (an order
@@ -102,24 +101,9 @@ class ErpOrderCancelOperator(LedgerOperator):
     :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
     """
 
-    def __init__(
-        self,
-        *,
-        erp_conn_id: str = settings.ERP_CONN_ID,
-        irn_window_hours: float = 24,
-        max_consecutive_unavailable: int = 3,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, irn_window_hours: float = 24, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.erp_conn_id = erp_conn_id
         self.irn_window_hours = irn_window_hours
-        self.max_consecutive_unavailable = max_consecutive_unavailable
-
-    @cached_property
-    def erp(self) -> ErpAdapter:
-        from omni_erp.hooks.erp import ErpHook
-
-        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
 
     def execute(self, context: Context) -> dict[str, Any]:
         irn_window = timedelta(hours=float(self.irn_window_hours))

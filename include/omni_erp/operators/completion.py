@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import RemoteRejectedError
-from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.base import ErpOperator
 from omni_erp.states import (
     DEAD,
     DOC_INVOICE,
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from airflow.sdk import Context
 
-    from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.ledger.repo import ClaimedPosting
     from omni_erp.models.erp import DocumentLine, EInvoice
     from omni_erp.models.omni import OutwardOrderPosting
@@ -94,7 +92,7 @@ def return_lines(invoice_lines: Iterable[DocumentLine], units_by_sku: dict[str, 
     return lines
 
 
-class ErpOrderCompleteOperator(LedgerOperator):
+class ErpOrderCompleteOperator(ErpOperator):
     """Handle the batch's ``OUTWARD_ORDER_COMPLETE`` postings.
 
     Each shipment is recorded once by ``shipmentCode`` (an invoiced shipment repeats in every later
@@ -109,17 +107,6 @@ class ErpOrderCompleteOperator(LedgerOperator):
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
     """
-
-    def __init__(self, *, erp_conn_id: str = settings.ERP_CONN_ID, max_consecutive_unavailable: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.erp_conn_id = erp_conn_id
-        self.max_consecutive_unavailable = max_consecutive_unavailable
-
-    @cached_property
-    def erp(self) -> ErpAdapter:
-        from omni_erp.hooks.erp import ErpHook
-
-        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
 
     def execute(self, context: Context) -> dict[str, Any]:
         shipments: Counter[str] = Counter()

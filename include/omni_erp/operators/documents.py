@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 from collections import Counter
 from decimal import Decimal
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from omni_erp import settings
 from omni_erp.exceptions import RemoteRejectedError
-from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.base import ErpOperator
 from omni_erp.states import (
     DOC_CREDIT_NOTE,
     DOC_INVOICE,
@@ -35,7 +33,6 @@ from omni_erp.states import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.models.erp import CreditNotePage, EInvoice, EInvoicePage, ErpCreditNote
 
 TOTAL_TOLERANCE = Decimal("1.00")  # domain.md decision 4: one rupee per invoice for rounding
@@ -170,7 +167,7 @@ def match_credit_note(note: ErpCreditNote, return_order: dict[str, Any] | None, 
 # --- operators -------------------------------------------------------------------------------------
 
 
-class _ErpDocumentFetchOperator(LedgerOperator):
+class _ErpDocumentFetchOperator(ErpOperator):
     """Read one ERP document feed into the ledger, once per document number, and match each document.
 
     The feed is read page by page from ``max(0, cursor - lookback)``: the ERP can publish a document
@@ -189,28 +186,20 @@ class _ErpDocumentFetchOperator(LedgerOperator):
     doc_type: ClassVar[str]
     cursor_name: ClassVar[str]
     stage: ClassVar[str]
-    template_fields = (*LedgerOperator.template_fields, "since_seq")
+    template_fields = (*ErpOperator.template_fields, "since_seq")
 
     def __init__(
         self,
         *,
-        erp_conn_id: str = settings.ERP_CONN_ID,
         since_seq: int | str | None = None,
         lookback: int = 200,
         page_size: int = 100,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.erp_conn_id = erp_conn_id
         self.since_seq = since_seq
         self.lookback = lookback
         self.page_size = page_size
-
-    @cached_property
-    def erp(self) -> ErpAdapter:
-        from omni_erp.hooks.erp import ErpHook
-
-        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
 
     def read_page(self, since: int) -> EInvoicePage | CreditNotePage:
         """One page of the feed after ``since``."""

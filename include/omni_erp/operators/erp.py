@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
-from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.base import ErpOperator, LedgerOperator
 from omni_erp.states import (
     DEAD,
     ORDER_BOOKED,
@@ -22,7 +21,6 @@ from omni_erp.states import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.ledger.repo import ClaimedPosting
 
 
@@ -99,7 +97,7 @@ class ErpSalesOrderMapOperator(LedgerOperator):
         return "mapped"
 
 
-class ErpSalesOrderCreateOperator(LedgerOperator):
+class ErpSalesOrderCreateOperator(ErpOperator):
     """Book the batch's mapped orders in the ERP, idempotently, and record the ERP ids.
 
     Each order is sent with the key ``create:<orderCode>`` and the body stored at mapping time, so a
@@ -111,17 +109,6 @@ class ErpSalesOrderCreateOperator(LedgerOperator):
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
     """
-
-    def __init__(self, *, erp_conn_id: str = settings.ERP_CONN_ID, max_consecutive_unavailable: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.erp_conn_id = erp_conn_id
-        self.max_consecutive_unavailable = max_consecutive_unavailable
-
-    @cached_property
-    def erp(self) -> ErpAdapter:
-        from omni_erp.hooks.erp import ErpHook
-
-        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
 
     def execute(self, context: Context) -> dict[str, Any]:
         return self.process_each(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from omni_erp import settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
-from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.base import ErpOperator
 from omni_erp.operators.documents import as_bool
 from omni_erp.states import (
     DOC_CREDIT_NOTE,
@@ -27,13 +27,12 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from pydantic import BaseModel
 
-    from omni_erp.hooks.erp import ErpHook
     from omni_erp.hooks.omni import OmniHook
 
 DOCUMENT_MODES = ("url", "pdf")
 
 
-class _OmniDocumentUploadOperator(LedgerOperator):
+class _OmniDocumentUploadOperator(ErpOperator):
     """Upload every ready document of one type to Omni, once per document number.
 
     The state is checked right before each call, so a retried task or a re-run sends nothing that
@@ -53,36 +52,26 @@ class _OmniDocumentUploadOperator(LedgerOperator):
     doc_type: ClassVar[str]
     stage: ClassVar[str]
     label: ClassVar[str]
-    template_fields = (*LedgerOperator.template_fields, "retry_failed")
+    template_fields = (*ErpOperator.template_fields, "retry_failed")
 
     def __init__(
         self,
         *,
         omni_conn_id: str = settings.OMNI_CONN_ID,
-        erp_conn_id: str = settings.ERP_CONN_ID,
         retry_failed: bool | str = False,
         document: str = "url",
-        max_consecutive_unavailable: int = 3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.omni_conn_id = omni_conn_id
-        self.erp_conn_id = erp_conn_id
         self.retry_failed = retry_failed
         self.document = document
-        self.max_consecutive_unavailable = max_consecutive_unavailable
 
     @cached_property
     def omni(self) -> OmniHook:
         from omni_erp.hooks.omni import OmniHook
 
         return OmniHook(self.omni_conn_id, on_attempt=self.record_attempt)
-
-    @cached_property
-    def erp(self) -> ErpHook:
-        from omni_erp.hooks.erp import ErpHook
-
-        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
 
     def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
         """The Omni body for a ledger document; raises ``PayloadError``/``ValueError`` when it cannot be built."""

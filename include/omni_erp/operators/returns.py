@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
-from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.base import ErpOperator
 from omni_erp.states import (
     DEAD,
     ORDER_BOOKED,
@@ -28,7 +27,6 @@ from omni_erp.states import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.ledger.repo import ClaimedPosting, Ledger
     from omni_erp.models.omni import ReturnItem, ReturnOrderPosting
 
@@ -126,7 +124,7 @@ def plan_return(posting: ReturnOrderPosting, order_lines: list[dict[str, Any]]) 
     return ReturnPlan(kind, credit_lines, manual)
 
 
-class ErpSalesReturnOperator(LedgerOperator):
+class ErpSalesReturnOperator(ErpOperator):
     """Book the batch's return postings (customer returns and RTOs) as ERP return orders, once each.
 
     The forward order must be in the ledger and e-invoiced: an unknown order is dead-lettered; an
@@ -141,17 +139,6 @@ class ErpSalesReturnOperator(LedgerOperator):
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many returns in a row.
     """
-
-    def __init__(self, *, erp_conn_id: str = settings.ERP_CONN_ID, max_consecutive_unavailable: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.erp_conn_id = erp_conn_id
-        self.max_consecutive_unavailable = max_consecutive_unavailable
-
-    @cached_property
-    def erp(self) -> ErpAdapter:
-        from omni_erp.hooks.erp import ErpHook
-
-        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
 
     def execute(self, context: Context) -> dict[str, Any]:
         manual_rows: list[dict[str, Any]] = []

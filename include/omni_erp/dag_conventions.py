@@ -1,0 +1,68 @@
+"""What every flow DAG shares - schedule zone, retries, alerts, SLA deadline, trigger parameters - in one place.
+
+DAG files keep only what differs per flow (cron, tags, tasks), so they stay a minute's read.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
+
+from omni_erp.alerts import deadline_missed, task_failed
+
+TIMEZONE = "Asia/Kolkata"  # the warehouse's and Increff's clock
+START_DATE = pendulum.datetime(2026, 11, 1, tz=TIMEZONE)
+OWNER = "omni-erp-integration"
+
+
+def every(cron: str) -> CronTriggerTimetable:
+    """An explicit cron timetable in IST (a bare cron string would also give CronTriggerTimetable, implicitly)."""
+    return CronTriggerTimetable(cron, timezone=TIMEZONE)
+
+
+def default_args() -> dict[str, Any]:
+    """Task defaults: a few quick retries for passing trouble, a hard timeout, and an alert on failure."""
+    return {
+        "owner": OWNER,
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=20),
+        "on_failure_callback": task_failed,
+    }
+
+
+def sla(flow: str, minutes: int) -> DeadlineAlert:
+    """Alert when a run has not finished ``minutes`` after it was queued (the callback runs in the triggerer)."""
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=minutes),
+        callback=AsyncCallback(deadline_missed, kwargs={"flow": flow}),
+    )
+
+
+def params(flow: str, *, claims: str | None = None, feed: str | None = None) -> dict[str, Param]:
+    """The trigger form: the flow id, plus a batch size for DAGs that claim postings (``claims`` names
+    them) and the re-read / re-send controls for DAGs that read an ERP feed (``feed`` names it)."""
+    form: dict[str, Param] = {
+        "flow": Param(flow, type="string", const=flow, title="Flow", description="Flow id used in alerts."),
+    }
+    if claims:
+        form["limit"] = Param(
+            500, type="integer", minimum=1, maximum=5000, title="Batch size",
+            description=f"Most {claims} postings to claim in one run.",
+        )
+    if feed:
+        form["since_seq"] = Param(
+            None, type=["null", "integer"], minimum=0, title=f"Re-read {feed} from sequence number",
+            description=f"Re-read the ERP's {feed} feed from this sequence number instead of the stored cursor "
+            "(for backfills; documents already recorded are not uploaded again). Empty: the stored cursor.",
+        )
+        form["retry_failed"] = Param(
+            False, type="boolean", title="Retry rejected uploads",
+            description=f"Also re-send {feed} Omni rejected (4xx) in earlier runs, once the cause is fixed.",
+        )
+    return form
