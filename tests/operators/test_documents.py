@@ -240,6 +240,20 @@ def test_order_booked_but_not_yet_invoiced_stays_booked(erp, ledger):
     assert ledger.get_order("FN0000000002")["state"] == ORDER_INVOICED
 
 
+def test_orders_booked_long_ago_without_an_einvoice_are_named_as_overdue(erp, ledger, monkeypatch, capfd):
+    erp.configure(invoice_hold=["FN0000000002"])
+    _order(ledger, "FN0000000001")
+    _order(ledger, "FN0000000002")
+    _wait_for(erp, "invoices", 1)
+    assert "overdue_einvoices" not in _run(ErpEInvoiceFetchOperator)  # just booked: not overdue yet
+
+    monkeypatch.setenv("OMNI_ERP_CLOCK_OFFSET_S", str(61 * 60))
+    summary = _run(ErpEInvoiceFetchOperator, batch_id="an-hour-later")
+    assert summary["overdue_einvoices"] == 1  # FN0000000001 was invoiced; FN0000000002 waits
+    assert "FN0000000002" in capfd.readouterr().out
+    assert "overdue_einvoices" not in _run(ErpEInvoiceFetchOperator, batch_id="later", overdue_after_minutes=120)
+
+
 # --- cursor: late and out-of-order documents --------------------------------------------------------
 
 

@@ -275,6 +275,13 @@ class Ledger:
         assert order is not None
         return order
 
+    def orders_in_state(self, state: str, *, unchanged_since: datetime) -> list[dict[str, Any]]:
+        """Orders that have been in ``state`` since before ``unchanged_since`` (oldest first)."""
+        o = t.ajio_order
+        query = select(o).where(o.c.state == state, o.c.updated_at < unchanged_since).order_by(o.c.updated_at)
+        with self.engine.connect() as conn:
+            return [_order(r) for r in conn.execute(query).all()]
+
     def update_order(self, order_code: str, **values: Any) -> None:
         with self.engine.begin() as conn:
             conn.execute(

@@ -256,12 +256,45 @@ class ErpEInvoiceFetchOperator(_ErpDocumentFetchOperator):
     A matched invoice is ready to upload and its order becomes invoiced with the e-invoice number, IRN
     and ``invoiced_at`` = the IRN acknowledgement time (F3's 24-hour window starts there, domain.md 6).
     Unknown orders and mismatches are recorded with the reason and dead-lettered; invoices of orders
-    cancelled in Omni are recorded and not uploaded. XCom: ``{batch_id, read, new, cursor, <state>: n}``.
+    cancelled in Omni are recorded and not uploaded. Orders booked longer than ``overdue_after_minutes``
+    without an e-invoice are named in a warning (picking waits for the invoice).
+    XCom: ``{batch_id, read, new, cursor, <state>: n}`` plus ``overdue_einvoices`` when there are any.
+
+    :param overdue_after_minutes: how long after booking a missing e-invoice is worth a warning.
     """
 
     doc_type = DOC_INVOICE
     cursor_name = "erp_einvoice_seq"
     stage = STAGE_INVOICE_UPLOAD
+
+    def __init__(self, *, overdue_after_minutes: int = 60, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.overdue_after_minutes = overdue_after_minutes
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        summary = super().execute(context)
+        if overdue := self._report_overdue():
+            summary["overdue_einvoices"] = overdue
+        return summary
+
+    def _report_overdue(self) -> int:
+        """Warn about orders booked long ago with no e-invoice yet: the warehouse cannot pick them (domain.md 1)."""
+        from datetime import timedelta
+
+        from omni_erp.timeutil import now
+
+        overdue = self.ledger.orders_in_state(
+            ORDER_BOOKED, unchanged_since=now() - timedelta(minutes=self.overdue_after_minutes)
+        )
+        if overdue:
+            self.log.warning(
+                "%d order(s) booked more than %d minutes ago still have no e-invoice, so the warehouse cannot pick "
+                "them; check the ERP's e-invoicing: %s",
+                len(overdue),
+                self.overdue_after_minutes,
+                ", ".join(f"{o['order_code']} (booked {o['updated_at']:%Y-%m-%d %H:%M} UTC)" for o in overdue[:20]),
+            )
+        return len(overdue)
 
     def read_page(self, since: int) -> EInvoicePage:
         return self.erp.einvoices_since(since, limit=self.page_size)
