@@ -14,6 +14,7 @@ from omni_erp.models.erp import SalesOrderRequest
 from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
+from tests.flows import store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CREATE = "OUTWARD_ORDER_CREATE"
@@ -31,14 +32,6 @@ def _posting(message_id: int, order_code: str, **changes) -> dict:
     return raw
 
 
-def _store(ledger: Ledger, *postings: dict) -> None:
-    for p in postings:
-        assert ledger.record_posting(
-            message_id=str(p["messageId"]), event_type=p["eventType"], business_key=p["orderCode"],
-            order_code=p["orderCode"], payload=p,
-        ) == "stored"
-
-
 def _run(operator_class, **kwargs):
     return operator_class(task_id="t", batch_id=BATCH, **kwargs).execute(context={})
 
@@ -51,7 +44,7 @@ def _run_f1(**create_kwargs):
 
 
 def test_f1_books_orders_and_xcom_holds_only_ids_and_counts(erp, ledger):
-    _store(ledger, _posting(1, "FN0000000001"), _posting(2, "FN0000000002"))
+    store(ledger, _posting(1, "FN0000000001"), _posting(2, "FN0000000002"))
     claim, mapped, created = _run_f1()
     assert claim == {"batch_id": BATCH, "claimed": 2, "by_event_type": {CREATE: 2}, "retried": 0}
     assert mapped == {"batch_id": BATCH, "mapped": 2}
@@ -62,7 +55,7 @@ def test_f1_books_orders_and_xcom_holds_only_ids_and_counts(erp, ledger):
 
 
 def test_retried_create_task_never_books_twice(erp, ledger):
-    _store(ledger, _posting(1, "FN0000000001"))
+    store(ledger, _posting(1, "FN0000000001"))
     _run_f1()
     again = _run(ErpSalesOrderCreateOperator)  # Airflow retrying the task after it had finished its work
     assert again == {"batch_id": BATCH}
@@ -71,7 +64,7 @@ def test_retried_create_task_never_books_twice(erp, ledger):
 
 def test_order_booked_before_a_crash_is_recorded_not_booked_again(erp, ledger):
     """The ERP booked the order but the worker died before the ledger heard: the replay returns it."""
-    _store(ledger, _posting(1, "FN0000000001"))
+    store(ledger, _posting(1, "FN0000000001"))
     _run(OmniInboxClaimOperator, event_types=[CREATE])
     _run(ErpSalesOrderMapOperator)
     order = ledger.get_order("FN0000000001")
@@ -83,7 +76,7 @@ def test_order_booked_before_a_crash_is_recorded_not_booked_again(erp, ledger):
 
 
 def test_redelivered_create_under_a_new_message_id_is_a_duplicate(erp, ledger):
-    _store(ledger, _posting(1, "FN0000000001"), _posting(2, "FN0000000001", eventTime="2026-11-20T10:20:00.000+05:30"))
+    store(ledger, _posting(1, "FN0000000001"), _posting(2, "FN0000000001", eventTime="2026-11-20T10:20:00.000+05:30"))
     _, mapped, created = _run_f1()
     assert mapped == {"batch_id": BATCH, "duplicate_order": 1, "mapped": 1}
     assert created["booked"] == 1
@@ -96,7 +89,7 @@ def test_missing_po_and_zero_quantity_are_not_booked(erp, ledger):
     all_cancelled = _posting(2, "FN0000000002")
     for item in all_cancelled["orderItems"]:
         item["cancelledQuantity"] = item["orderedQuantity"]
-    _store(ledger, no_po, all_cancelled)
+    store(ledger, no_po, all_cancelled)
     _, mapped, created = _run_f1()
     assert mapped == {"batch_id": BATCH, "dead_letter": 1, "nothing_to_invoice": 1}
     assert created == {"batch_id": BATCH}
@@ -110,7 +103,7 @@ def test_missing_po_and_zero_quantity_are_not_booked(erp, ledger):
 
 
 def test_erp_rejection_is_dead_lettered_with_the_erps_message(erp, ledger):
-    _store(ledger, _posting(1, "FN0000000001"))
+    store(ledger, _posting(1, "FN0000000001"))
     _run(OmniInboxClaimOperator, event_types=[CREATE])
     _run(ErpSalesOrderMapOperator)
     erp.configure(fail_next=[400])  # the ERP refuses the order (e.g. an unknown SKU in its item master)
@@ -122,7 +115,7 @@ def test_erp_rejection_is_dead_lettered_with_the_erps_message(erp, ledger):
 
 
 def test_erp_outage_defers_postings_and_the_report_fails_the_run(erp, ledger):
-    _store(ledger, *[_posting(i, f"FN000000000{i}") for i in range(1, 6)])
+    store(ledger, *[_posting(i, f"FN000000000{i}") for i in range(1, 6)])
     erp.configure(error_rate=1.0)
     _run(OmniInboxClaimOperator, event_types=[CREATE])
     _run(ErpSalesOrderMapOperator)
@@ -136,7 +129,7 @@ def test_erp_outage_defers_postings_and_the_report_fails_the_run(erp, ledger):
 
 
 def test_report_releases_postings_a_failed_run_still_holds(ledger):
-    _store(ledger, _posting(1, "FN0000000001"))
+    store(ledger, _posting(1, "FN0000000001"))
     _run(OmniInboxClaimOperator, event_types=[CREATE])
     with pytest.raises(AirflowFailException):
         _run(LedgerBatchReportOperator)

@@ -63,6 +63,15 @@ class Ledger:
     def backend(self) -> str:
         return self.engine.dialect.name
 
+    def _insert_once(self, table: Any, **values: Any) -> bool:
+        """Insert a row unless its natural key exists already (the write is idempotent); True when inserted."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(table).values(**values))
+            return True
+        except IntegrityError:
+            return False
+
     # --- inbox ------------------------------------------------------------------------------
 
     def record_posting(
@@ -254,23 +263,18 @@ class Ledger:
     ) -> dict[str, Any]:
         """Insert the order if it is new and return the stored row (the first CREATE wins)."""
         ts = now()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(t.ajio_order).values(
-                        order_code=order_code,
-                        po_number=po_number,
-                        state=state,
-                        create_message_id=create_message_id,
-                        lines=json.dumps(lines, default=str),
-                        total_amount=total_amount,
-                        erp_request=json.dumps(erp_request, default=str) if erp_request is not None else None,
-                        created_at=ts,
-                        updated_at=ts,
-                    )
-                )
-        except IntegrityError:
-            pass
+        self._insert_once(
+            t.ajio_order,
+            order_code=order_code,
+            po_number=po_number,
+            state=state,
+            create_message_id=create_message_id,
+            lines=json.dumps(lines, default=str),
+            total_amount=total_amount,
+            erp_request=json.dumps(erp_request, default=str) if erp_request is not None else None,
+            created_at=ts,
+            updated_at=ts,
+        )
         order = self.get_order(order_code)
         assert order is not None
         return order
@@ -331,24 +335,19 @@ class Ledger:
         payload: str | None = None,
     ) -> bool:
         """Record something that cannot be processed; the same problem is recorded once. True if new."""
-        key_source = f"{message_id}|{reason}" if message_id else f"{payload}|{reason}"
+        # The same problem of the same posting or document is one row, however often a run meets it.
+        key_source = "|".join((message_id or "", business_key or "", "" if message_id else payload or "", reason))
         dedupe_key = hashlib.sha256(key_source.encode()).hexdigest()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(t.dead_letter).values(
-                        stage=stage,
-                        dedupe_key=dedupe_key,
-                        message_id=message_id,
-                        business_key=business_key,
-                        reason=reason[:2000],
-                        payload=payload[:20000] if payload else None,
-                        created_at=now(),
-                    )
-                )
-            return True
-        except IntegrityError:
-            return False
+        return self._insert_once(
+            t.dead_letter,
+            stage=stage,
+            dedupe_key=dedupe_key,
+            message_id=message_id,
+            business_key=business_key,
+            reason=reason[:2000],
+            payload=payload[:20000] if payload else None,
+            created_at=now(),
+        )
 
     def dead_letters(self, stage: str | None = None) -> list[dict[str, Any]]:
         query = select(t.dead_letter).order_by(t.dead_letter.c.id)
@@ -396,27 +395,21 @@ class Ledger:
     ) -> bool:
         """Record an ERP document once per (type, number); True when it is new."""
         ts = now()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(t.erp_document).values(
-                        doc_type=doc_type,
-                        doc_number=doc_number,
-                        order_code=order_code,
-                        related_code=related_code,
-                        seq=seq,
-                        payload=json.dumps(payload, default=str),
-                        state=state,
-                        reason=reason,
-                        upload_attempts=0,
-                        batch_id=batch_id,
-                        created_at=ts,
-                        updated_at=ts,
-                    )
-                )
-            return True
-        except IntegrityError:
-            return False
+        return self._insert_once(
+            t.erp_document,
+            doc_type=doc_type,
+            doc_number=doc_number,
+            order_code=order_code,
+            related_code=related_code,
+            seq=seq,
+            payload=json.dumps(payload, default=str),
+            state=state,
+            reason=reason,
+            upload_attempts=0,
+            batch_id=batch_id,
+            created_at=ts,
+            updated_at=ts,
+        )
 
     def get_document(self, doc_type: str, doc_number: str) -> dict[str, Any] | None:
         d = t.erp_document
@@ -455,20 +448,14 @@ class Ledger:
 
     def record_shipment(self, *, shipment_code: str, order_code: str, message_id: str, items: list[dict[str, Any]]) -> bool:
         """Record a shipment once per shipmentCode (it repeats in every later posting); True when new."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(t.shipment).values(
-                        shipment_code=shipment_code,
-                        order_code=order_code,
-                        message_id=message_id,
-                        items=json.dumps(items, default=str),
-                        created_at=now(),
-                    )
-                )
-            return True
-        except IntegrityError:
-            return False
+        return self._insert_once(
+            t.shipment,
+            shipment_code=shipment_code,
+            order_code=order_code,
+            message_id=message_id,
+            items=json.dumps(items, default=str),
+            created_at=now(),
+        )
 
     def order_shipments(self, order_code: str) -> list[dict[str, Any]]:
         s = t.shipment
@@ -491,23 +478,18 @@ class Ledger:
     ) -> dict[str, Any]:
         """Insert the return order if it is new and return the stored row (the first one wins)."""
         ts = now()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(t.return_order).values(
-                        return_order_code=return_order_code,
-                        order_code=order_code,
-                        kind=kind,
-                        message_id=message_id,
-                        state=state,
-                        lines=json.dumps(lines, default=str),
-                        erp_request=json.dumps(erp_request, default=str) if erp_request is not None else None,
-                        created_at=ts,
-                        updated_at=ts,
-                    )
-                )
-        except IntegrityError:
-            pass
+        self._insert_once(
+            t.return_order,
+            return_order_code=return_order_code,
+            order_code=order_code,
+            kind=kind,
+            message_id=message_id,
+            state=state,
+            lines=json.dumps(lines, default=str),
+            erp_request=json.dumps(erp_request, default=str) if erp_request is not None else None,
+            created_at=ts,
+            updated_at=ts,
+        )
         stored = self.get_return_order(return_order_code)
         assert stored is not None
         return stored
@@ -545,23 +527,17 @@ class Ledger:
         reason: str,
     ) -> bool:
         """List a returned unit for offline settlement with Ajio, once per item; True when new."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(t.manual_settlement).values(
-                        return_order_code=return_order_code,
-                        item_code=item_code,
-                        order_code=order_code,
-                        sku=sku,
-                        qc_status=qc_status,
-                        qc_reason=qc_reason,
-                        reason=reason,
-                        created_at=now(),
-                    )
-                )
-            return True
-        except IntegrityError:
-            return False
+        return self._insert_once(
+            t.manual_settlement,
+            return_order_code=return_order_code,
+            item_code=item_code,
+            order_code=order_code,
+            sku=sku,
+            qc_status=qc_status,
+            qc_reason=qc_reason,
+            reason=reason,
+            created_at=now(),
+        )
 
     def manual_settlements(self, return_order_code: str | None = None) -> list[dict[str, Any]]:
         m = t.manual_settlement

@@ -54,15 +54,11 @@ class SalesOrder(_Response):
     created_at: str | None = Field(None, alias="createdAt")
 
 
-class EInvoice(_Response):
-    """An e-invoice the ERP registered at the IRP (IRN, ack, signed QR) for a sales order."""
+class _RegisteredDocument(_Response):
+    """What every document registered at the IRP carries: its feed position, IRN, ack, signed QR, PDF, lines."""
 
     seq: int
-    invoice_number: str = Field(alias="invoiceNumber")
-    invoice_date: str = Field(alias="invoiceDate")
-    sales_order_id: str = Field(alias="salesOrderId")
     order_code: str = Field(alias="orderCode")
-    po_number: str = Field(alias="poNumber")
     irn: str
     ack_number: str = Field(alias="ackNumber")
     ack_date: str = Field(alias="ackDate")
@@ -70,6 +66,15 @@ class EInvoice(_Response):
     pdf_url: str | None = Field(None, alias="pdfUrl")
     lines: list[DocumentLine]
     total_value: Decimal = Field(alias="totalValue")
+
+
+class EInvoice(_RegisteredDocument):
+    """An e-invoice (document type INV) the ERP registered at the IRP for a sales order."""
+
+    invoice_number: str = Field(alias="invoiceNumber")
+    invoice_date: str = Field(alias="invoiceDate")
+    sales_order_id: str = Field(alias="salesOrderId")
+    po_number: str = Field(alias="poNumber")
     status: str = "ACTIVE"
 
 
@@ -94,22 +99,13 @@ class ReturnOrder(_Response):
     status: str
 
 
-class ErpCreditNote(_Response):
+class ErpCreditNote(_RegisteredDocument):
     """A credit note (document type CRN) the ERP registered at the IRP."""
 
-    seq: int
     credit_note_number: str = Field(alias="creditNoteNumber")
     credit_note_date: str = Field(alias="creditNoteDate")
     return_order_code: str | None = Field(None, alias="returnOrderCode")
-    order_code: str = Field(alias="orderCode")
     invoice_number: str = Field(alias="invoiceNumber")
-    irn: str
-    ack_number: str = Field(alias="ackNumber")
-    ack_date: str = Field(alias="ackDate")
-    signed_qr_code: str = Field(alias="signedQrCode")
-    pdf_url: str | None = Field(None, alias="pdfUrl")
-    lines: list[DocumentLine]
-    total_value: Decimal = Field(alias="totalValue")
 
 
 class CreditNotePage(_Response):
