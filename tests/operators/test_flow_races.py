@@ -25,13 +25,13 @@ def ledger(ledger_path) -> Ledger:
 def test_order_cancelled_while_its_booking_is_in_flight_is_handed_back_to_f3(erp, ledger):
     create = create_posting(1, "FN0000000001")
     batch = book(ledger, create, create=False)  # mapped, not booked yet
-    erp.configure(latency_ms=800, invoice_hold=["FN0000000001"])
+    erp.configure(latency_ms=2500, invoice_hold=["FN0000000001"])
     result: dict = {}
     booking = threading.Thread(
         target=lambda: result.update(ErpSalesOrderCreateOperator(task_id="b", batch_id=batch).execute(context={}))
     )
     booking.start()
-    time.sleep(0.3)  # the ERP is booking; meanwhile F3 handles the cancellation (nothing booked as far as it knows)
+    time.sleep(0.5)  # the ERP is booking; meanwhile F3 handles the cancellation (nothing booked as far as it knows)
     store(ledger, cancel_posting(create, 2))
     OmniInboxClaimOperator(task_id="c", batch_id="f3/run-1", event_types=[CANCEL]).execute(context={})
     erp.configure(latency_ms=0)
