@@ -30,18 +30,13 @@ class LedgerBatchReportOperator(LedgerOperator):
         self.fail_on_unfinished = fail_on_unfinished
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import pandas as pd
-
         released = self.ledger.release_unfinished(self.batch_id, error="the run ended before this posting was processed")
         if released:
             self.log.warning("Released %d posting(s) this run did not finish; the next run takes them", released)
         rows = self.ledger.batch_postings(self.batch_id)
         counts = Counter(f"{r['state']}:{r['outcome'] or '-'}" for r in rows)
         if rows:
-            table = pd.DataFrame(rows)
-            table["last_error"] = table["last_error"].fillna("").str.slice(0, 80)
-            with pd.option_context("display.max_rows", 1000, "display.width", 250, "display.max_colwidth", 80):
-                self.log.info("Outcome of batch %s (%d postings):\n%s", self.batch_id, len(rows), table.to_string(index=False))
+            self._log_table(f"Outcome of batch {self.batch_id} ({len(rows)} postings)", rows, "last_error")
         else:
             self.log.info("Batch %s touched no postings", self.batch_id)
         documents = [
@@ -50,10 +45,7 @@ class LedgerBatchReportOperator(LedgerOperator):
             for d in self.ledger.documents(doc_type, batch_id=self.batch_id)
         ]
         if documents:
-            table = pd.DataFrame(documents)
-            table["reason"] = table["reason"].fillna("").str.slice(0, 80)
-            with pd.option_context("display.max_rows", 1000, "display.width", 250, "display.max_colwidth", 80):
-                self.log.info("ERP documents of batch %s (%d):\n%s", self.batch_id, len(documents), table.to_string(index=False))
+            self._log_table(f"ERP documents of batch {self.batch_id} ({len(documents)})", documents, "reason")
         counts.update(f"{d['doc_type']}:{d['state']}" for d in documents)
         self.log.info("Totals: %s", dict(counts))
         unfinished = [r for r in rows if r["state"] == PENDING]
@@ -68,3 +60,12 @@ class LedgerBatchReportOperator(LedgerOperator):
             "documents": len(documents),
             "by_outcome": dict(sorted(counts.items())),
         }
+
+    def _log_table(self, title: str, rows: list[dict[str, Any]], text_column: str) -> None:
+        """Log rows as one aligned table, the free-text column cut to 80 characters."""
+        import pandas as pd
+
+        table = pd.DataFrame(rows)
+        table[text_column] = table[text_column].fillna("").str.slice(0, 80)
+        with pd.option_context("display.max_rows", 1000, "display.width", 250, "display.max_colwidth", 80):
+            self.log.info("%s:\n%s", title, table.to_string(index=False))
