@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from omni_erp.sandbox.serve import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = Path(tempfile.mkdtemp(prefix="omni_erp_bench_"))
@@ -31,11 +32,6 @@ os.environ.update(
 )
 API_KEY = "bench-key"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, timeout_s: float = 30) -> None:
@@ -69,7 +65,7 @@ def bench_inbox(ledger_url: str, postings: int, clients: int) -> dict:
 
     from omni_erp.sandbox.pusher import generate_orders
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "BENCH_INBOX_KEY": API_KEY}
     proc = subprocess.Popen(
         [sys.executable, "-m", "omni_erp.inbox", "--port", str(port), "--ledger-url", ledger_url,
@@ -118,7 +114,7 @@ def bench_f1(orders: int, erp_latency_ms: int) -> dict:
     from omni_erp.operators.inbox import OmniInboxClaimOperator
     from omni_erp.sandbox.pusher import generate_orders
 
-    erp_port, omni_port = _free_port(), _free_port()
+    erp_port, omni_port = free_port(), free_port()
     ready = WORK / f"sandbox-{erp_port}.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "omni_erp.sandbox", "--erp-port", str(erp_port), "--omni-port", str(omni_port),

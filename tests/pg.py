@@ -9,10 +9,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from omni_erp.sandbox.serve import free_port
 
 
 def find_pg_bin() -> Path:
@@ -29,11 +30,6 @@ def find_pg_bin() -> Path:
     raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found; run .ci/run or install postgresql")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class PostgresCluster:
     """``with PostgresCluster() as pg: pg.url`` - initdb in a temp dir, start on a free loopback port, stop and delete."""
@@ -42,7 +38,7 @@ class PostgresCluster:
         self.bin = find_pg_bin()
         self.root = Path(tempfile.mkdtemp(prefix="omni_erp_pg_"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_user = "postgres" if os.geteuid() == 0 else None
         self.url = f"postgresql+psycopg://omni@127.0.0.1:{self.port}/omni"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from omni_erp.sandbox.serve import free_port
+
 INBOX_KEY = "demo-inbox-key"
 ERP_TOKEN = "demo-erp-token"
 OMNI_USER, OMNI_PASSWORD = "demo-omni-user", "demo-omni-pass"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:
@@ -31,7 +27,7 @@ class Stack:
 
     def __init__(self, work: Path, dags: Path, seed: int) -> None:
         self.work, self.dags, self.seed = work, dags, seed
-        self.erp_port, self.omni_port, self.inbox_port = _free_port(), _free_port(), _free_port()
+        self.erp_port, self.omni_port, self.inbox_port = free_port(), free_port(), free_port()
         self.erp_url = f"http://127.0.0.1:{self.erp_port}"
         self.omni_url = f"http://127.0.0.1:{self.omni_port}"
         self.inbox_url = f"http://127.0.0.1:{self.inbox_port}/omni"

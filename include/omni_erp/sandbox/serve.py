@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from types import TracebackType
@@ -69,3 +70,10 @@ def _run(server: uvicorn.Server) -> None:
         server.run()
     except SystemExit:
         pass  # uvicorn exits this way when it cannot bind or start; serve_in_thread reports it
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for servers started in another process)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
