@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with Stack(work, dags, args.seed) as stack:
         print(f"[demo] sandboxes and inbox running on 127.0.0.1; logs and the ledger in {work}")
-        from omni_erp.demo.reconcile import invalid_postings, reconcile
+        from omni_erp.demo.reconcile import reconcile
 
         omni = Omni(stack.inbox_url, args.seed)
         airflow = Airflow()
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n[demo] 1. orders arrive; two are cancelled before the ERP sees them")
         omni.push(plan.creates, "OUTWARD_ORDER_CREATE")
-        omni.push_invalid(invalid_postings(plan.creates[0]))
+        omni.push_invalid(paths.invalid_postings(plan.creates[0]))
         omni.push(plan.cancels(paths.CANCEL_BEFORE_BOOKING), "OUTWARD_ORDER_CANCEL")
         stack.erp_config(invoice_hold=[c["orderCode"] for c in plan.orders(paths.CANCEL_BEFORE_INVOICING)])
         airflow.run("omni_order_cancellation", "(nothing booked yet: nothing to call)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from itertools import count
@@ -98,6 +99,16 @@ class Plan:
                     )
                 )
         return postings
+
+
+def invalid_postings(valid: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a misconfigured Omni might send: the inbox refuses these and keeps them in the rejection log."""
+    no_id = {k: v for k, v in valid.items() if k != "messageId"}
+    bad_type = json.loads(json.dumps(valid))
+    bad_type["messageId"] = 999_001
+    bad_type["orderItems"][0]["orderedQuantity"] = "two"
+    conflict = {**valid, "orderCode": "FN0000000000"}  # a messageId reused for another order
+    return [no_id, bad_type, conflict]
 
 
 def build_plan(orders: int, seed: int) -> Plan:

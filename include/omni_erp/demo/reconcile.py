@@ -12,15 +12,6 @@ from omni_erp.demo import plan as paths
 WIDTH = 60
 
 
-def invalid_postings(valid: dict[str, Any]) -> list[dict[str, Any]]:
-    """What a misconfigured Omni might send: the inbox refuses these and keeps them in the rejection log."""
-    no_id = {k: v for k, v in valid.items() if k != "messageId"}
-    bad_type = json.loads(json.dumps(valid))
-    bad_type["messageId"] = 999_001
-    bad_type["orderItems"][0]["orderedQuantity"] = "two"
-    conflict = {**valid, "orderCode": "FN0000000000"}  # a messageId reused for another order
-    return [no_id, bad_type, conflict]
-
 
 def _section(title: str, rows: list[tuple[str, Any]]) -> None:
     print(f"\n{title}")
