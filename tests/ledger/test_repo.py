@@ -222,3 +222,27 @@ def test_cursor_only_moves_forward(ledger_url):
     assert ledger.advance_cursor("einvoice", 10) == 10
     assert ledger.advance_cursor("einvoice", 7) == 10
     assert ledger.get_cursor("einvoice") == "10"
+
+
+class _CrashBetweenWrites(Exception):
+    """Stands for a worker dying between two ledger writes of one state change."""
+
+
+def test_a_transaction_records_every_verb_or_none(ledger_url):
+    ledger = Ledger(ledger_url)
+    _store(ledger, 1)
+    with pytest.raises(_CrashBetweenWrites), ledger.transaction():
+        ledger.record_dead_letter(stage="order_posting", reason="bad PO", message_id="1", business_key="FN1")
+        ledger.finish_posting("1", state=DEAD, outcome="dead_letter", error="bad PO")
+        raise _CrashBetweenWrites
+    assert ledger.dead_letters() == []
+    assert ledger.postings()[0]["state"] == PENDING
+    # An insert that meets its natural key inside a transaction must not abort it (PostgreSQL would).
+    with ledger.transaction():
+        assert ledger.record_posting(
+            message_id="1", event_type=CREATE, business_key="FN1", order_code="FN1", payload={"messageId": 1}
+        ) == "duplicate"
+        ledger.dead_letter_posting("1", stage="order_posting", reason="bad PO", business_key="FN1")
+    [row] = ledger.postings()
+    assert (row["state"], row["outcome"], row["last_error"]) == (DEAD, "dead_letter", "bad PO")
+    assert [d["reason"] for d in ledger.dead_letters()] == ["bad PO"]

@@ -1,27 +1,32 @@
-"""Ledger operations. Each public method runs in one transaction and is safe to repeat."""
+"""Ledger operations. Each public method runs in one transaction and is safe to repeat.
+
+Several verbs that must land together (e.g. "dead-letter the posting and close it") run in one
+transaction with ``with ledger.transaction(): ...``: the verbs called inside join it, so a crash
+between them leaves nothing half-recorded.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from omni_erp import settings
 from omni_erp.ledger import tables as t
 from omni_erp.ledger.engine import get_engine, ledger_url_for_conn_id, sqlite_url
-from omni_erp.states import CLAIMED, DONE, IGNORED, PENDING
+from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING
 from omni_erp.timeutil import now
 
 StoreResult = Literal["stored", "duplicate", "conflict"]
-
-
 
 def content_hash(payload: Any) -> str:
     """Hash of the posting's JSON content, independent of key order and whitespace."""
@@ -49,6 +54,7 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: Engine = get_engine(url)
+        self._local = threading.local()  # the connection of this thread's open transaction, if any
 
     @classmethod
     def from_conn_id(cls, conn_id: str = settings.LEDGER_CONN_ID) -> Ledger:
@@ -63,14 +69,50 @@ class Ledger:
     def backend(self) -> str:
         return self.engine.dialect.name
 
+    @contextmanager
+    def transaction(self) -> Iterator[Ledger]:
+        """One transaction for every ledger verb called inside (in this thread): all are recorded, or none.
+
+        Nested ``transaction()`` blocks join the outermost one.
+        """
+        if getattr(self._local, "conn", None) is not None:
+            yield self
+            return
+        with self.engine.begin() as conn:
+            self._local.conn = conn
+            try:
+                yield self
+            finally:
+                self._local.conn = None
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """The open transaction's connection, or a new transaction committed on exit."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """The open transaction's connection (so reads see its writes), or a fresh connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
     def _insert_once(self, table: Any, **values: Any) -> bool:
-        """Insert a row unless its natural key exists already (the write is idempotent); True when inserted."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(table).values(**values))
-            return True
-        except IntegrityError:
-            return False
+        """Insert a row unless its natural key exists already (the write is idempotent); True when inserted.
+
+        ``ON CONFLICT DO NOTHING`` rather than catching the IntegrityError: on PostgreSQL a failed insert
+        would abort the surrounding transaction.
+        """
+        with self._write() as conn:
+            return conn.execute(_insert_ignoring_conflicts(conn, table).values(**values)).first() is not None
 
     # --- inbox ------------------------------------------------------------------------------
 
@@ -104,16 +146,13 @@ class Ledger:
             attempts=0,
             updated_at=ts,
         )
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(t.inbox_message).values(**row))
+        if self._insert_once(t.inbox_message, **row):
             return "stored"
-        except IntegrityError:
-            with self.engine.connect() as conn:
-                existing = conn.execute(
-                    select(t.inbox_message.c.content_hash).where(t.inbox_message.c.message_id == message_id)
-                ).scalar_one()
-            return "duplicate" if existing == digest else "conflict"
+        with self._read() as conn:
+            existing = conn.execute(
+                select(t.inbox_message.c.content_hash).where(t.inbox_message.c.message_id == message_id)
+            ).scalar_one()
+        return "duplicate" if existing == digest else "conflict"
 
     def claim_postings(
         self, *, event_types: list[str], batch_id: str, limit: int = 500, lease: timedelta = timedelta(minutes=30)
@@ -127,7 +166,7 @@ class Ledger:
         """
         ts = now()
         m = t.inbox_message
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             claimable = or_(m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts))
             query = (
                 select(m.c.id)
@@ -155,22 +194,37 @@ class Ledger:
         query = select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED).order_by(m.c.id)
         if event_types:
             query = query.where(m.c.event_type.in_(event_types))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_claimed(r) for r in conn.execute(query).all()]
 
     def finish_posting(self, message_id: str, *, outcome: str, state: str = DONE, error: str | None = None) -> None:
         """Close a posting as done (or dead) with the outcome that the run report shows."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(t.inbox_message)
                 .where(t.inbox_message.c.message_id == message_id)
                 .values(state=state, outcome=outcome, last_error=error, lease_until=None, updated_at=now())
             )
 
+    def dead_letter_posting(
+        self,
+        message_id: str,
+        *,
+        stage: str,
+        reason: str,
+        business_key: str | None = None,
+        payload: str | None = None,
+        outcome: str = "dead_letter",
+    ) -> None:
+        """Record why a posting cannot be processed and close it as dead - both or neither."""
+        with self.transaction():
+            self.record_dead_letter(stage=stage, reason=reason, message_id=message_id, business_key=business_key, payload=payload)
+            self.finish_posting(message_id, state=DEAD, outcome=outcome, error=reason)
+
     def release_posting(self, message_id: str, *, error: str) -> None:
         """Give a claimed posting back to the queue (the next run retries it) and note why."""
         m = t.inbox_message
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(m)
                 .where(m.c.message_id == message_id)
@@ -187,7 +241,7 @@ class Ledger:
     def release_unfinished(self, batch_id: str, *, error: str) -> int:
         """Give back every posting ``batch_id`` still holds (its run ended); returns how many."""
         m = t.inbox_message
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(
                 update(m)
                 .where(m.c.batch_id == batch_id, m.c.state == CLAIMED)
@@ -200,13 +254,13 @@ class Ledger:
         query = select(func.count()).where(
             m.c.order_code == order_code, m.c.event_type == event_type, m.c.state.in_([PENDING, CLAIMED])
         )
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return bool(conn.execute(query).scalar())
 
     def reopen_postings(self, order_code: str, event_type: str, *, reason: str) -> int:
         """Put processed postings of ``event_type`` for the order back in the queue; returns how many."""
         m = t.inbox_message
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(
                 update(m)
                 .where(m.c.order_code == order_code, m.c.event_type == event_type, m.c.state == DONE)
@@ -216,7 +270,7 @@ class Ledger:
     def update_order_if(self, order_code: str, *, expected_state: str, **values: Any) -> bool:
         """Update the order only while it is still in ``expected_state`` (compare-and-set); True if applied."""
         o = t.ajio_order
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             changed = conn.execute(
                 update(o).where(o.c.order_code == order_code, o.c.state == expected_state).values(updated_at=now(), **values)
             ).rowcount
@@ -240,13 +294,13 @@ class Ledger:
             .where(m.c.batch_id == batch_id)
             .order_by(m.c.id)
         )
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_mapping(r) for r in conn.execute(query).all()]
 
     # --- orders -------------------------------------------------------------------------------
 
     def get_order(self, order_code: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(select(t.ajio_order).where(t.ajio_order.c.order_code == order_code)).first()
         return _order(row) if row else None
 
@@ -283,11 +337,11 @@ class Ledger:
         """Orders that have been in ``state`` since before ``unchanged_since`` (oldest first)."""
         o = t.ajio_order
         query = select(o).where(o.c.state == state, o.c.updated_at < unchanged_since).order_by(o.c.updated_at)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_order(r) for r in conn.execute(query).all()]
 
     def update_order(self, order_code: str, **values: Any) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(t.ajio_order).where(t.ajio_order.c.order_code == order_code).values(updated_at=now(), **values)
             )
@@ -308,7 +362,7 @@ class Ledger:
         error: str | None = None,
         batch_id: str | None = None,
     ) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 insert(t.outbound_call).values(
                     system=system,
@@ -353,17 +407,17 @@ class Ledger:
         query = select(t.dead_letter).order_by(t.dead_letter.c.id)
         if stage:
             query = query.where(t.dead_letter.c.stage == stage)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_mapping(r) for r in conn.execute(query).all()]
 
     def get_cursor(self, name: str, default: str | None = None) -> str | None:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             value = conn.execute(select(t.sync_cursor.c.value).where(t.sync_cursor.c.name == name)).scalar()
         return default if value is None else value
 
     def set_cursor(self, name: str, value: str) -> None:
         ts = now()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             changed = conn.execute(
                 update(t.sync_cursor).where(t.sync_cursor.c.name == name).values(value=value, updated_at=ts)
             ).rowcount
@@ -413,7 +467,7 @@ class Ledger:
 
     def get_document(self, doc_type: str, doc_number: str) -> dict[str, Any] | None:
         d = t.erp_document
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(select(d).where(d.c.doc_type == doc_type, d.c.doc_number == doc_number)).first()
         return _document(row) if row else None
 
@@ -434,12 +488,12 @@ class Ledger:
             query = query.where(d.c.order_code == order_code)
         if batch_id:
             query = query.where(d.c.batch_id == batch_id)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_document(r) for r in conn.execute(query).all()]
 
     def update_document(self, doc_type: str, doc_number: str, **values: Any) -> None:
         d = t.erp_document
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(d).where(d.c.doc_type == doc_type, d.c.doc_number == doc_number).values(updated_at=now(), **values)
             )
@@ -459,7 +513,7 @@ class Ledger:
 
     def order_shipments(self, order_code: str) -> list[dict[str, Any]]:
         s = t.shipment
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(s).where(s.c.order_code == order_code).order_by(s.c.shipment_code)).all()
         return [{**dict(r._mapping), "items": json.loads(r.items)} for r in rows]
 
@@ -496,7 +550,7 @@ class Ledger:
 
     def get_return_order(self, return_order_code: str) -> dict[str, Any] | None:
         r = t.return_order
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(select(r).where(r.c.return_order_code == return_order_code)).first()
         return _return_order(row) if row else None
 
@@ -507,12 +561,12 @@ class Ledger:
             query = query.where(r.c.order_code == order_code)
         if kind:
             query = query.where(r.c.kind == kind)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_return_order(row) for row in conn.execute(query).all()]
 
     def update_return_order(self, return_order_code: str, **values: Any) -> None:
         r = t.return_order
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(update(r).where(r.c.return_order_code == return_order_code).values(updated_at=now(), **values))
 
     def record_manual_settlement(
@@ -544,7 +598,7 @@ class Ledger:
         query = select(m).order_by(m.c.id)
         if return_order_code:
             query = query.where(m.c.return_order_code == return_order_code)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_mapping(r) for r in conn.execute(query).all()]
 
     # --- reporting ----------------------------------------------------------------------------
@@ -553,19 +607,19 @@ class Ledger:
         """Count of postings by (event_type, state, outcome)."""
         m = t.inbox_message
         query = select(m.c.event_type, m.c.state, m.c.outcome, func.count()).group_by(m.c.event_type, m.c.state, m.c.outcome)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return {(e, s, o): n for e, s, o, n in conn.execute(query).all()}
 
     def order_counts(self) -> Counter[str]:
         query = select(t.ajio_order.c.state, func.count()).group_by(t.ajio_order.c.state)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return Counter({s: n for s, n in conn.execute(query).all()})
 
     def calls(self, idempotency_key: str | None = None) -> list[dict[str, Any]]:
         query = select(t.outbound_call).order_by(t.outbound_call.c.id)
         if idempotency_key:
             query = query.where(t.outbound_call.c.idempotency_key == idempotency_key)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_mapping(r) for r in conn.execute(query).all()]
 
     def postings(self, event_type: str | None = None) -> list[dict[str, Any]]:
@@ -573,8 +627,18 @@ class Ledger:
         query = select(m).order_by(m.c.id)
         if event_type:
             query = query.where(m.c.event_type == event_type)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [_mapping(r) for r in conn.execute(query).all()]
+
+
+def _insert_ignoring_conflicts(conn: Connection, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect (the one dialect branch of the ledger)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    # RETURNING tells whether a row went in: psycopg reports rowcount -1 for these statements.
+    return dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def _claimed(row: Any) -> ClaimedPosting:
