@@ -1,71 +1,7 @@
-"""A throwaway PostgreSQL cluster for tests and benchmarks (started with the machine's initdb/pg_ctl).
-
-PostgreSQL refuses to run as root, so when we are root the server runs as the ``postgres`` system
-user (present wherever the Debian package is installed, which ``.ci/run`` ensures).
-"""
+"""The throwaway PostgreSQL cluster of the tests and benchmarks; it lives in the package so ``make chaos`` uses it too."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
+from omni_erp.devtools.pg import PostgresCluster, find_pg_bin
 
-from omni_erp.sandbox.serve import free_port
-
-
-def find_pg_bin() -> Path:
-    candidates = []
-    if os.environ.get("PG_BIN"):
-        candidates.append(os.environ["PG_BIN"])
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    which = shutil.which("pg_ctl")
-    if which:
-        candidates.append(str(Path(which).resolve().parent))
-    for candidate in candidates:
-        if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
-            return Path(candidate)
-    raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found; run .ci/run or install postgresql")
-
-
-
-class PostgresCluster:
-    """``with PostgresCluster() as pg: pg.url`` - initdb in a temp dir, start on a free loopback port, stop and delete."""
-
-    def __init__(self) -> None:
-        self.bin = find_pg_bin()
-        self.root = Path(tempfile.mkdtemp(prefix="omni_erp_pg_"))
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.as_user = "postgres" if os.geteuid() == 0 else None
-        self.url = f"postgresql+psycopg://omni@127.0.0.1:{self.port}/omni"
-
-    def _run(self, *args: str) -> None:
-        cmd = [str(a) for a in args]
-        if self.as_user:
-            cmd = ["runuser", "-u", self.as_user, "--", *cmd]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
-
-    def start(self) -> PostgresCluster:
-        if self.as_user:
-            shutil.chown(self.root, user=self.as_user)
-            os.chmod(self.root, 0o700)
-        self._run(self.bin / "initdb", "-D", self.data, "-U", "omni", "--auth=trust", "-E", "UTF8", "--no-sync")
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=50"
-        self._run(self.bin / "pg_ctl", "-D", self.data, "-o", opts, "-l", self.root / "pg.log", "-w", "-t", "60", "start")
-        self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "omni", "omni")
-        return self
-
-    def stop(self) -> None:
-        try:
-            self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PostgresCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+__all__ = ["PostgresCluster", "find_pg_bin"]

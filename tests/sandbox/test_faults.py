@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omni_erp.sandbox.faults import FaultConfig, FaultInjector
 
 INVOICES = "/api/v1/e-invoices"
 ORDER = {
@@ -142,3 +146,97 @@ def test_omni_injects_the_same_faults_in_increffs_error_shape(omni: Any) -> None
     body = forced.json()
     assert (body["code"], body["description"]) == ("INTERNAL_ERROR", None) and body["message"]
     assert omni.state()["invoices"] == []
+
+
+# --- chaos knobs: exact shares, 5xx variety, hangs, connection resets, stalls after the work ----------
+
+
+def _booking(n: int) -> dict[str, Any]:
+    return {**ORDER, "orderCode": f"FN60188230{n:02d}"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rates=st.lists(st.integers(0, 100), min_size=4, max_size=4).filter(lambda r: sum(r) <= 100),
+    seed=st.integers(0, 2**16),
+)
+def test_fault_rates_are_exact_shares_of_one_draw(rates: list[int], seed: int) -> None:
+    error, timeout, hang, reset = (r / 100 for r in rates)
+    config = FaultConfig(error_rate=error, timeout_rate=timeout, hang_rate=hang, reset_rate=reset, seed=seed)
+    injector = FaultInjector(config, lambda *a: {})
+    calls = 4000
+
+    for _ in range(calls):
+        mode, _detail = injector._admit("GET /x", None)
+        injector._in_flight -= 1
+
+    injected = injector.fault_snapshot()["injected"]
+    for key, rate in (("503", error), ("timeout", timeout), ("hang", hang), ("reset", reset)):
+        assert abs(injected.get(key, 0) / calls - rate) < 0.035, (key, rate, injected)
+    assert sum(injected.values()) <= calls
+
+
+def test_rates_adding_up_to_more_than_one_are_refused(erp: Any) -> None:
+    response = requests.post(erp.url + "/_sandbox/config", json={"error_rate": 0.6, "timeout_rate": 0.5}, timeout=5)
+
+    assert response.status_code == 422
+    assert "must not exceed 1" in response.json()["error"]["message"]
+
+
+def test_error_statuses_spread_injected_5xx_and_are_counted(erp: Any) -> None:
+    erp.configure(error_rate=1.0, error_statuses=[500, 502, 503, 504], retry_after_s=0, seed=5)
+
+    statuses = [erp.get(INVOICES).status_code for _ in range(40)]
+
+    assert set(statuses) == {500, 502, 503, 504}
+    injected = erp.state()["injected"]
+    assert {int(k): v for k, v in injected.items()} == {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_reset_drops_the_connection_before_or_after_the_work(erp: Any) -> None:
+    erp.configure(reset_rate=1.0, seed=3)
+
+    for n in range(8):
+        with pytest.raises(requests.ConnectionError):
+            erp.post("/api/v1/sales-orders", _booking(n), key=f"create:{n}")
+
+    state = erp.state()
+    after_work = state["injected"]["reset_after_work"]
+    assert state["injected"]["reset"] == 8
+    assert 0 < after_work < 8  # both kinds happen with this seed
+    assert len(state["sales_orders"]) == after_work  # exactly the resets after the work left an order behind
+
+
+def test_hang_answers_late_and_does_not_do_the_work(erp: Any) -> None:
+    erp.configure(hang_rate=1.0, timeout_s=0.4)
+
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        erp.post("/api/v1/sales-orders", _booking(1), key="create:1", timeout=0.1)
+    late = erp.post("/api/v1/sales-orders", _booking(2), key="create:2", timeout=5)
+
+    assert late.status_code == 504
+    time.sleep(0.5)  # the first call's hang is over too
+    state = erp.state()
+    assert state["sales_orders"] == []
+    assert state["injected"] == {"hang": 2}
+
+
+def test_stall_holds_a_committed_call_and_shows_it_while_it_waits(erp: Any) -> None:
+    erp.configure(stall_next=1, stall_endpoint="POST /api/v1/sales-orders", stall_s=1.0)
+    answers: list[int] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(erp.post("/api/v1/sales-orders", _booking(1), key="create:1").status_code)
+    )
+
+    caller.start()
+    deadline = time.monotonic() + 3
+    while not (faults := erp.get("/_sandbox/faults").json())["stalled"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held_orders, answered_while_held = len(erp.state()["sales_orders"]), list(answers)
+    caller.join()
+
+    assert [s["idempotency_key"] for s in faults["stalled"]] == ["create:1"]
+    assert held_orders == 1 and answered_while_held == []  # committed, not yet answered
+    assert answers == [201]
+    assert erp.get("/_sandbox/faults").json()["stalled"] == []
+    assert erp.get(INVOICES).status_code == 200 and erp.state()["injected"] == {"stall": 1}  # armed once only

@@ -148,6 +148,7 @@ def test_pusher_rejects_a_client_error_after_one_retry(serve_inbox: Any) -> None
 
     assert report.accepted == 0 and report.attempts == 2
     assert report.rejected == [("900001", 400, "PO missing")]
+    assert report.statuses == {"400": 2}
 
 
 def test_pusher_treats_200_with_has_error_as_rejected(serve_inbox: Any) -> None:
@@ -165,7 +166,7 @@ def test_pusher_gives_up_on_an_unreachable_inbox_after_max_attempts() -> None:
 
     report = make_pusher(f"http://127.0.0.1:{port}/inbox", max_attempts=3).push(generate_orders(1))
 
-    assert report.attempts == 3
+    assert report.attempts == 3 and report.statuses == {"no response": 3}
     [(message_id, status, message)] = report.rejected
     assert (message_id, status) == ("900001", None) and "ConnectionError" in message
 

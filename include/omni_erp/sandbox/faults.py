@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
+import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, get_args
@@ -13,11 +16,12 @@ from typing import Any, Literal, get_args
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-FailMode = Literal[400, 429, 500, 503, "timeout"]
+ErrorStatus = Literal[500, 502, 503, 504]
+FailMode = Literal[400, 429, 500, 502, 503, 504, "timeout", "hang", "reset"]
 FAIL_HEADER = "X-Sandbox-Fail"
 CONTROL_PREFIX = "/_sandbox/"
 
@@ -30,7 +34,9 @@ DEFAULT_CODES: Mapping[int, str] = {
     422: "VALIDATION_FAILED",
     429: "TOO_MANY_REQUESTS",
     500: "INTERNAL_ERROR",
+    502: "BAD_GATEWAY",
     503: "SERVICE_UNAVAILABLE",
+    504: "GATEWAY_TIMEOUT",
 }
 
 # (status, code, message, description) -> the JSON body in the sandbox's own error dialect.
@@ -38,17 +44,41 @@ Render = Callable[[int, str, str, "str | None"], dict[str, Any]]
 
 
 class FaultConfig(BaseModel):
-    """Knobs common to both sandboxes; each sandbox subclasses it with its own."""
+    """Knobs common to both sandboxes; each sandbox subclasses it with its own.
+
+    The four rates are shares of one seeded draw per call, so they must add up to at most 1:
+    ``error_rate`` answers one of ``error_statuses`` without doing anything; ``timeout_rate`` does the work
+    and answers ``timeout_s`` late (past the client's read timeout: it retries work that already happened);
+    ``hang_rate`` waits ``timeout_s`` without doing the work, then answers 504; ``reset_rate`` closes the
+    connection without any response (TCP reset), half of the time before the work and half after it.
+    ``stall_next`` holds the next successful calls (of ``stall_endpoint`` only, when set) for ``stall_s``
+    after the work is done, and lists them in ``stalled`` while they wait - so a watcher can kill the
+    caller between "the server committed" and "the caller recorded it".
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     latency_ms: int = Field(0, ge=0, le=60_000)
     error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    error_statuses: list[ErrorStatus] = Field(default_factory=lambda: [503], min_length=1)
     timeout_rate: float = Field(0.0, ge=0.0, le=1.0)
+    hang_rate: float = Field(0.0, ge=0.0, le=1.0)
+    reset_rate: float = Field(0.0, ge=0.0, le=1.0)
     timeout_s: float = Field(2.0, ge=0.0, le=300.0)
     max_concurrency: int | None = Field(None, ge=1)
+    retry_after_s: int = Field(1, ge=0, le=3600)
     fail_next: list[FailMode] = Field(default_factory=list)
+    stall_next: int = Field(0, ge=0)
+    stall_endpoint: str | None = None
+    stall_s: float = Field(10.0, ge=0.0, le=300.0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _rates_share_one_draw(self) -> FaultConfig:
+        total = self.error_rate + self.timeout_rate + self.hang_rate + self.reset_rate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"error_rate + timeout_rate + hang_rate + reset_rate must not exceed 1 (got {total:g})")
+        return self
 
 
 class ApiError(Exception):
@@ -106,9 +136,11 @@ class FaultInjector:
 
     Every path outside ``/_sandbox/`` is an API call. Per call, in this order: it is counted; it gets 429 when
     ``max_concurrency`` calls are already in flight; the ``X-Sandbox-Fail`` header, else the next ``fail_next``
-    entry, else the seeded ``error_rate`` / ``timeout_rate`` draws pick a fault; ``latency_ms`` is slept; a status
-    fault (400, 429, 500, 503) is answered without doing anything, while ``"timeout"`` lets the call do its work
-    and then sleeps ``timeout_s`` before answering - the case that makes clients retry work that already happened.
+    entry, else the seeded draw against the rates of :class:`FaultConfig` picks a fault; ``latency_ms`` is
+    slept; a status fault (400, 429, 5xx) is answered without doing anything, ``"hang"`` waits ``timeout_s``
+    and answers 504 without doing anything, ``"reset"`` drops the connection without a response, while
+    ``"timeout"`` lets the call do its work and then sleeps ``timeout_s`` before answering - the case that
+    makes clients retry work that already happened. Every injected fault is counted by kind (``injected``).
 
     :param config: the starting configuration (also what ``reset(config=True)`` returns to).
     :param render: builds an error body in the sandbox's dialect.
@@ -133,6 +165,8 @@ class FaultInjector:
         self._rng = random.Random(config.seed)
         self._in_flight = 0
         self._counts: Counter[str] = Counter()
+        self._injected: Counter[str] = Counter()
+        self._stalled: dict[int, dict[str, Any]] = {}
         self._rejected: list[dict[str, Any]] = []
 
     # --- configuration and bookkeeping ---------------------------------------------------
@@ -153,11 +187,28 @@ class FaultInjector:
                 self.config = self.defaults
             self._rng = random.Random(self.config.seed)
             self._counts.clear()
+            self._injected.clear()
             self._rejected.clear()
 
     def snapshot(self) -> dict[str, Any]:
+        """Request counts, rejections, faults injected by kind and the calls stalled right now."""
         with self._lock:
-            return {"request_counts": dict(self._counts), "rejected": list(self._rejected)}
+            return {
+                "request_counts": dict(self._counts),
+                "rejected": list(self._rejected),
+                "injected": dict(self._injected),
+                "stalled": list(self._stalled.values()),
+            }
+
+    def fault_snapshot(self) -> dict[str, Any]:
+        """What :meth:`snapshot` says without the rejection log: cheap enough to poll many times a second."""
+        with self._lock:
+            return {
+                "request_counts": dict(self._counts),
+                "injected": dict(self._injected),
+                "stalled": list(self._stalled.values()),
+                "in_flight": self._in_flight,
+            }
 
     def error_response(
         self,
@@ -189,6 +240,10 @@ class FaultInjector:
         app.add_exception_handler(Exception, self._on_crash)
         app.add_api_route("/_sandbox/config", self._get_config, methods=["GET"])
         app.add_api_route("/_sandbox/config", self._post_config, methods=["POST"])
+        app.add_api_route("/_sandbox/faults", self._get_faults, methods=["GET"])
+
+    async def _get_faults(self) -> dict[str, Any]:
+        return self.fault_snapshot()
 
     async def _get_config(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
@@ -222,55 +277,115 @@ class FaultInjector:
     async def _on_crash(self, request: Request, exc: Exception) -> JSONResponse:
         return self.error_response(endpoint_name(request), 500, None, f"sandbox bug: {type(exc).__name__}: {exc}")
 
-    def _admit(self, endpoint: str, forced: str | None) -> FailMode | Literal["busy"] | None:
-        """Count the call and decide its fate; every admitted call (not "busy") must be released."""
+    def _admit(self, endpoint: str, forced: str | None) -> tuple[FailMode | Literal["busy"] | None, float]:
+        """Count the call and decide its fate (and a second draw for its details); every admitted call
+        (not "busy") must be released."""
         with self._lock:
             self._counts[endpoint] += 1
             cfg = self.config
             if cfg.max_concurrency is not None and self._in_flight >= cfg.max_concurrency:
-                return "busy"
+                self._injected["429_busy"] += 1
+                return "busy", 0.0
             # Draw on every call so a seed gives the same fault sequence whatever the rates are.
-            error_draw, timeout_draw = self._rng.random(), self._rng.random()
+            fault_draw, detail_draw = self._rng.random(), self._rng.random()
             mode: FailMode | None = None
             if forced is not None:
                 mode = int(forced) if forced.isdigit() else forced  # type: ignore[assignment]
             elif cfg.fail_next:
                 mode = cfg.fail_next[0]
                 self.config = cfg.model_copy(update={"fail_next": cfg.fail_next[1:]})
-            elif error_draw < cfg.error_rate:
-                mode = 503
-            elif timeout_draw < cfg.timeout_rate:
-                mode = "timeout"
+            else:
+                # The rates are consecutive slices of one draw: their shares are exact and they never overlap.
+                for rate, candidate in (
+                    (cfg.error_rate, cfg.error_statuses[int(detail_draw * len(cfg.error_statuses))]),
+                    (cfg.timeout_rate, "timeout"),
+                    (cfg.hang_rate, "hang"),
+                    (cfg.reset_rate, "reset"),
+                ):
+                    if fault_draw < rate:
+                        mode = candidate  # type: ignore[assignment]
+                        break
+                    fault_draw -= rate
+            if mode is not None:
+                self._injected[str(mode)] += 1
             self._in_flight += 1
-            return mode
+            return mode, detail_draw
+
+    def _take_stall(self, endpoint: str, request: Request) -> int | None:
+        """Register this call as stalled when a stall is armed for it; returns its ticket."""
+        with self._lock:
+            cfg = self.config
+            if cfg.stall_next <= 0 or (cfg.stall_endpoint is not None and cfg.stall_endpoint != endpoint):
+                return None
+            self.config = cfg.model_copy(update={"stall_next": cfg.stall_next - 1})
+            self._injected["stall"] += 1
+            ticket = id(request)
+            self._stalled[ticket] = {
+                "endpoint": endpoint,
+                "idempotency_key": request.headers.get("Idempotency-Key"),
+                "since": time.time(),
+            }
+            return ticket
 
     async def _middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.url.path.startswith(CONTROL_PREFIX):
             return await call_next(request)
         endpoint = endpoint_name(request)
         forced = request.headers.get(FAIL_HEADER)
-        if forced is not None and forced not in {str(mode) for mode in get_args(FailMode)}:
+        allowed = {str(mode) for mode in get_args(FailMode)}
+        if forced is not None and forced not in allowed:
             with self._lock:
                 self._counts[endpoint] += 1
             return self.error_response(
-                endpoint, 400, None, f"{FAIL_HEADER} must be one of 400, 429, 500, 503, timeout; got {forced!r}"
+                endpoint, 400, None, f"{FAIL_HEADER} must be one of {', '.join(sorted(allowed))}; got {forced!r}"
             )
-        mode = self._admit(endpoint, forced)
-        if mode == "busy":
-            return self.error_response(
-                endpoint, 429, None, "too many concurrent requests", headers={"Retry-After": "1"}
-            )
+        mode, detail_draw = self._admit(endpoint, forced)
         cfg = self.config
+        retry_after = {"Retry-After": str(cfg.retry_after_s)}
+        if mode == "busy":
+            return self.error_response(endpoint, 429, None, "too many concurrent requests", headers=retry_after)
         try:
             if cfg.latency_ms:
                 await asyncio.sleep(cfg.latency_ms / 1000)
             if isinstance(mode, int):
-                headers = {"Retry-After": "1"} if mode in (429, 503) else None
+                headers = retry_after if mode in (429, 503) else None
                 return self.error_response(endpoint, mode, None, f"injected by the sandbox ({mode})", headers=headers)
+            if mode == "hang":
+                await asyncio.sleep(cfg.timeout_s)
+                return self.error_response(endpoint, 504, None, f"injected by the sandbox (no answer for {cfg.timeout_s} s)")
+            if mode == "reset":
+                if detail_draw >= 0.5:
+                    with self._lock:
+                        self._injected["reset_after_work"] += 1
+                    await call_next(request)  # the work is done; the answer never leaves
+                return await _reset_connection(request)
             response = await call_next(request)
             if mode == "timeout":
                 await asyncio.sleep(cfg.timeout_s)
+            elif response.status_code < 400 and (ticket := self._take_stall(endpoint, request)) is not None:
+                try:
+                    await asyncio.sleep(cfg.stall_s)
+                finally:
+                    with self._lock:
+                        self._stalled.pop(ticket, None)
             return response
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+
+async def _reset_connection(request: Request) -> Response:
+    """Drop the client's TCP connection without answering (RST), as a crashing proxy or server would.
+
+    uvicorn does not offer this through ASGI, so the transport is taken from its receive channel; the
+    response returned afterwards is discarded by uvicorn because the connection is gone.
+    """
+    transport = getattr(getattr(request.receive, "__self__", None), "transport", None)
+    if transport is None:
+        raise RuntimeError("connection resets need the sandbox served by uvicorn (serve_in_thread)")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST, not FIN
+    transport.abort()
+    await asyncio.sleep(0)  # let uvicorn notice the lost connection before anything is sent
+    return Response(status_code=502)

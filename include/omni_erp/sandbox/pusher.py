@@ -166,6 +166,7 @@ class PushReport:
     rejected: list[tuple[str, int | None, str]] = field(default_factory=list)  # (messageId, status, errorMessage)
     attempts: int = 0             # HTTP requests made, retries and re-deliveries included
     redelivered: int = 0          # accepted postings sent once more
+    statuses: dict[str, int] = field(default_factory=dict)  # answers to every attempt: "200", "503", "no response"
 
 
 class PostingPusher:
@@ -243,9 +244,11 @@ class PostingPusher:
             try:
                 response = session.post(f"{self.inbox_url}/postings", json=posting, timeout=self.timeout_s)
             except requests.RequestException as exc:
+                report.statuses["no response"] = report.statuses.get("no response", 0) + 1
                 failure = (message_id, None, f"{type(exc).__name__}: {exc}")
             else:
                 status = response.status_code
+                report.statuses[str(status)] = report.statuses.get(str(status), 0) + 1
                 log.debug("posting %s attempt %d: HTTP %d", message_id, attempt, status)
                 if status == 200:
                     error = _body_error(response)
