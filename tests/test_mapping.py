@@ -73,7 +73,8 @@ def test_po_path_is_configurable(create_posting, monkeypatch):
 
 def test_posting_without_items_is_rejected(create_posting):
     raw = {**create_posting, "orderItems": None}
-    with pytest.raises(PayloadError, match="no orderItems"):
+    # The model refuses it first (issue 6: a CREATE needs orderItems), so the inbox answers 400 before any flow.
+    with pytest.raises(ValueError, match="orderItems: at least one entry is required"):
         _plan(raw)
 
 

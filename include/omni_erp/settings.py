@@ -23,18 +23,47 @@ EVENT_CANCEL = "OUTWARD_ORDER_CANCEL"
 EVENT_COMPLETE = "OUTWARD_ORDER_COMPLETE"
 EVENT_RETURN = "RETURN_ORDER_COMPLETE"
 HANDLED_EVENTS = frozenset({EVENT_CREATE, EVENT_CANCEL, EVENT_COMPLETE, EVENT_RETURN})
-# Stored but not processed for Ajio (only full cancellations are sent; dispatch/deliver are not needed).
-IGNORED_EVENTS = frozenset(
-    {"OUTWARD_ORDER_PARTIAL_CANCEL", "OUTWARD_ORDER_SHIPMENT_DISPATCH", "OUTWARD_ORDER_SHIPMENT_DELIVER"}
+EVENT_PARTIAL_CANCEL = "OUTWARD_ORDER_PARTIAL_CANCEL"
+EVENT_SHIPMENT_DISPATCH = "OUTWARD_ORDER_SHIPMENT_DISPATCH"
+EVENT_SHIPMENT_DELIVER = "OUTWARD_ORDER_SHIPMENT_DELIVER"
+EVENT_RETURN_CREATE = "RETURN_ORDER_CREATE"
+EVENT_RETURN_UPDATE = "RETURN_ORDER_UPDATE"
+EVENT_RETURN_CANCEL = "RETURN_ORDER_CANCEL"
+EVENT_RETURN_PARTIAL_CANCEL = "RETURN_ORDER_PARTIAL_CANCEL"
+# Documented by Increff, stored but not processed for Ajio (only full cancellations are sent;
+# dispatch/deliver are not needed; a return is booked once it is processed, RETURN_ORDER_COMPLETE).
+IGNORED_OUTWARD_EVENTS = frozenset({EVENT_PARTIAL_CANCEL, EVENT_SHIPMENT_DISPATCH, EVENT_SHIPMENT_DELIVER})
+IGNORED_RETURN_EVENTS = frozenset(
+    {EVENT_RETURN_CREATE, EVENT_RETURN_UPDATE, EVENT_RETURN_CANCEL, EVENT_RETURN_PARTIAL_CANCEL}
 )
+IGNORED_EVENTS = IGNORED_OUTWARD_EVENTS | IGNORED_RETURN_EVENTS
+# Every event type the inbox accepts; anything else is answered 400 so Omni's message log shows it failed.
+OUTWARD_EVENTS = frozenset({EVENT_CREATE, EVENT_CANCEL, EVENT_COMPLETE}) | IGNORED_OUTWARD_EVENTS
+RETURN_EVENTS = frozenset({EVENT_RETURN}) | IGNORED_RETURN_EVENTS
+KNOWN_EVENTS = OUTWARD_EVENTS | RETURN_EVENTS
 
 DEFAULT_PO_PATH = "orderCustomAttributes.attribute1"  # domain.md decision 3
 MAX_STRING_LENGTH = 255                                # Increff's documented limit
+DEFAULT_MAX_LINE_QUANTITY = 100_000                    # units per posting line; more is refused at the inbox
+MAX_LINE_QUANTITY_ENV = "OMNI_ERP_MAX_LINE_QUANTITY"
 
 
 def po_number_path() -> str:
     """Dotted path of the Ajio PO number inside a CREATE posting."""
     return os.environ.get("OMNI_ERP_PO_PATH", DEFAULT_PO_PATH)
+
+
+def max_line_quantity() -> int:
+    """Largest quantity one posting line may carry (``$OMNI_ERP_MAX_LINE_QUANTITY``, default 100,000).
+
+    :raises ValueError: when the variable is set to anything but a positive integer (a deployment error).
+    """
+    raw = os.environ.get(MAX_LINE_QUANTITY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_LINE_QUANTITY
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_LINE_QUANTITY_ENV} must be a positive integer, not {raw!r}")
+    return int(raw)
 
 
 def default_ledger_path() -> Path:

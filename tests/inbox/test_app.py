@@ -138,12 +138,11 @@ def _with_long_order_code(posting: dict) -> str:
     [
         (lambda p: json.dumps(p)[:-5], "malformed JSON", None),
         (lambda p: json.dumps([p]), "must be a JSON object", None),
-        (lambda p: "[" * 5_000, "malformed JSON: nested too deeply", None),
         (_without_message_id, "messageId: Field required", None),
-        (_with_quantity_two, "orderItems.0.orderedQuantity: Input should be a valid integer", "900001"),
+        (_with_quantity_two, "orderItems.0.orderedQuantity: must be a whole number (JSON integer), not a string", "900001"),
         (_with_long_order_code, "orderCode: String should have at most 255 characters", "900001"),
     ],
-    ids=["malformed-json", "not-an-object", "nested-too-deeply", "missing-message-id", "quantity-not-a-number", "string-over-255"],
+    ids=["malformed-json", "not-an-object", "missing-message-id", "quantity-not-a-number", "string-over-255"],
 )
 def test_invalid_posting_is_400_and_dead_lettered(inbox_app, create_posting, make_body, expected_message, message_id):
     body = make_body(create_posting)
@@ -161,7 +160,10 @@ def test_invalid_posting_is_400_and_dead_lettered(inbox_app, create_posting, mak
 def test_body_over_one_mib_is_413_and_dead_lettered_truncated(inbox_app, create_posting):
     body = json.dumps({**create_posting, "padding": "x" * MAX_BODY_BYTES})
 
-    response = inbox_app.post(body)
+    # Streamed without Content-Length, so the inbox has to read it to find out (a declared length is refused unread).
+    response = inbox_app.client.post(
+        "/postings", content=iter([body.encode()]), headers={"Content-Type": "application/json", "X-Api-Key": API_KEY}
+    )
 
     assert_increff_error(response, 413, "larger than")
     assert inbox_app.ledger.postings() == []
@@ -209,7 +211,7 @@ def test_value_postgres_cannot_store_is_400_not_an_endless_503(pg_ledger_url, cr
 
     response = inbox.post({**create_posting, "orderCode": "FN\u0000601"})
 
-    assert_increff_error(response, 400, "values the ledger cannot store")
+    assert_increff_error(response, 400, "orderCode", "cannot be stored")
     assert inbox.ledger.postings() == []
 
 

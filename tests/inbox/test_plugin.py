@@ -41,7 +41,7 @@ def test_airflow_api_serves_the_inbox_with_key_and_ledger_from_connections(airfl
 
     health = client.get("/omni/health")
     refused = client.post("/omni/postings", content=body, headers={"X-Api-Key": "not-the-key"})
-    stored = client.post("/omni/postings", content=body, headers={"X-Api-Key": PLUGIN_KEY})
+    stored = client.post("/omni/postings", content=body, headers={"X-Api-Key": PLUGIN_KEY, "Content-Type": "application/json"})
 
     assert health.json() == {"status": "ok", "ledger": "sqlite"}
     assert refused.status_code == 401

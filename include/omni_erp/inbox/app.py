@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omni_erp import settings
 from omni_erp.ledger import Ledger
-from omni_erp.ledger.tables import inbox_message
 from omni_erp.models.omni import ReturnOrderPosting, parse_posting
 from omni_erp.states import IGNORED, PENDING, STAGE_INBOX
 
@@ -30,10 +30,15 @@ log = logging.getLogger(__name__)
 
 URL_PREFIX = "/omni"  # where both the Airflow plugin and the standalone server mount the inbox
 MAX_BODY_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32  # nested arrays/objects; Increff's postings need 6
 DEAD_LETTER_PAYLOAD_CHARS = 20_000  # what the dead-letter table keeps of a rejected body
+DEAD_LETTER_PAYLOAD_BYTES = DEAD_LETTER_PAYLOAD_CHARS * 4  # UTF-8: at most 4 bytes a character
 MAX_REPORTED_ERRORS = 5
-EVENT_TYPE_MAX_LENGTH = inbox_message.c.event_type.type.length
 DEAD_LETTER_STAGE = STAGE_INBOX
+# application/json or a structured-syntax suffix (application/*+json), optionally with a UTF-8 charset.
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:json|[a-z0-9!#$&^_.+-]+\+json)")
+# Characters no ledger backend stores alike: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass
@@ -134,6 +139,8 @@ def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
         reason = ""
         try:
             await _authenticate(request, inbox_settings)
+            _check_content_type(request)
+            _check_declared_length(request, inbox_settings.max_body_bytes)
             await _read_body(request, inbox_settings.max_body_bytes, meta)
             outcome = await run_in_threadpool(_store, ledger, meta)
             response = JSONResponse({"hasError": False})
@@ -201,37 +208,53 @@ async def _authenticate(request: Request, inbox_settings: InboxSettings) -> None
         )
 
 
+def _check_content_type(request: Request) -> None:
+    """Postings are JSON (domain.md 3.1): ``application/json`` or ``application/*+json``, UTF-8 if a charset is given."""
+    header = request.headers.get("content-type", "")
+    media_type, _, parameters = header.partition(";")
+    charset = next(
+        (value.strip().strip('"').lower() for name, _, value in (p.partition("=") for p in parameters.split(";"))
+         if name.strip().lower() == "charset"),
+        None,
+    )
+    if not _JSON_MEDIA_TYPE.fullmatch(media_type.strip().lower()) or charset not in (None, "utf-8", "utf8"):
+        shown = ascii(header[:100]) if header else "none"
+        raise _Rejected(415, f"Content-Type must be application/json (UTF-8), not {shown}", outcome="unsupported_media_type")
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    """Refuse a body announced larger than ``limit`` before reading a byte of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise _Rejected(413, f"posting larger than {limit} bytes", outcome="too_large")
+
+
 async def _read_body(request: Request, limit: int, meta: dict[str, Any]) -> None:
-    """Read the body into ``meta["raw"]``, stopping as soon as it exceeds ``limit`` bytes."""
+    """Read the body into ``meta["raw"]``, stopping as soon as it exceeds ``limit`` bytes.
+
+    An oversized body keeps only the prefix the dead letter records, so memory stays flat however
+    many arrive.
+    """
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
-            meta["raw"] = b"".join(chunks)
+            meta["raw"] = b"".join(chunks)[:DEAD_LETTER_PAYLOAD_BYTES]
             raise _Rejected(413, f"posting larger than {limit} bytes", outcome="too_large")
     meta["raw"] = b"".join(chunks)
 
 
 def _store(lazy_ledger: _LazyLedger, meta: dict[str, Any]) -> str:
     """Validate and store the posting in ``meta["raw"]``; adds the keys known so far to ``meta``."""
-    raw: bytes = meta["raw"]
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _Rejected(400, f"malformed JSON: {exc}", outcome="rejected") from None
-    except RecursionError:
-        raise _Rejected(400, "malformed JSON: nested too deeply", outcome="rejected") from None
-    if not isinstance(data, dict):
-        raise _Rejected(400, "the posting must be a JSON object", outcome="rejected")
+    data = _parse_json(meta["raw"])
     meta.update(_readable_keys(data))
+    _check_storable(data)
     try:
         posting = parse_posting(data)
     except ValidationError as exc:
         raise _Rejected(400, _describe_errors(exc.errors()), outcome="rejected") from None
-    if len(posting.event_type) > EVENT_TYPE_MAX_LENGTH:
-        raise _Rejected(400, f"eventType: at most {EVENT_TYPE_MAX_LENGTH} characters", outcome="rejected")
     meta.update(message_id=posting.message_id, event_type=posting.event_type, business_key=posting.business_key)
     order_code = posting.forward_order_code if isinstance(posting, ReturnOrderPosting) else posting.order_code
     try:
@@ -257,6 +280,67 @@ def _store(lazy_ledger: _LazyLedger, meta: dict[str, Any]) -> str:
             outcome="conflict",
         )
     return result
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    """Strict JSON (RFC 8259): no NaN/Infinity, no duplicate keys, at most ``MAX_JSON_DEPTH`` levels, an object."""
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
+    except RecursionError:
+        raise _Rejected(413, f"posting nested deeper than {MAX_JSON_DEPTH} levels", outcome="too_deep") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Rejected(400, f"malformed JSON: {exc}", outcome="rejected") from None
+    except ValueError as exc:  # our hooks' refusals, and integers longer than Python converts (4300 digits)
+        raise _Rejected(400, f"malformed JSON: {exc}", outcome="rejected") from None
+    if not isinstance(data, dict):
+        raise _Rejected(400, "the posting must be a JSON object", outcome="rejected")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise _Rejected(413, f"posting nested deeper than {MAX_JSON_DEPTH} levels", outcome="too_deep")
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key is read differently by different parsers; refuse it rather than guess which one Omni meant.
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {ascii(duplicate[:64])} appears more than once in an object")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of arrays and objects (a flat object is 1), computed without recursion."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _check_storable(data: dict[str, Any]) -> None:
+    """Refuse NUL and lone surrogates anywhere (also in fields we ignore): the ledger could not store them."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _UNSTORABLE.search(key):
+                raise _Rejected(400, f"{ascii(where[:200])}: a key holds NUL or a lone surrogate", outcome="rejected")
+            if isinstance(child, str) and _UNSTORABLE.search(child):
+                raise _Rejected(
+                    400, f"{ascii(where[:200])}: holds NUL or a lone surrogate, which cannot be stored", outcome="rejected"
+                )
+            if isinstance(child, (dict, list)):
+                stack.append((child, where))
 
 
 def _readable_keys(data: dict[str, Any]) -> dict[str, str]:
@@ -306,7 +390,10 @@ def _describe_errors(errors: list[Any]) -> str:
     parts = []
     for error in errors[:MAX_REPORTED_ERRORS]:
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        parts.append(f"{location}: {error.get('msg')}" if location else str(error.get("msg")))
+        message = error.get("msg")
+        if error.get("input", ...) is None and str(error.get("type", "")).endswith("_type"):
+            message = "must not be null"  # clearer than "Input should be a valid list" for a required field
+        parts.append(f"{location}: {message}" if location else str(message))
     if len(errors) > MAX_REPORTED_ERRORS:
         parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more")
     return "; ".join(parts)

@@ -1,48 +1,181 @@
 """Documents exchanged with Increff Omni (domain.md sections 3.1-3.4).
 
-What we *receive* (postings) is parsed leniently: unknown fields are ignored, nulls become
-defaults, booleans may arrive as strings, strings are capped at Increff's 255 characters.
+What we *receive* (postings) is checked against Increff's documented types (issue 6), so nothing
+absurd reaches the ERP, while real Increff payloads pass:
+
+- ``messageId`` is a Java ``Long``: a positive JSON integer up to 2^63-1. A string of ASCII digits
+  is also accepted and canonicalised (``"0900001"`` -> ``"900001"``); signs, spaces, other digits,
+  booleans, floats and anything out of range are refused. The model keeps it as text.
+- Strings hold at most 255 characters (Increff's limit) and no control (Unicode Cc), format (Cf:
+  bidirectional overrides and isolates, LRM/RLM/ALM, zero-width characters, BOM), surrogate or
+  line/paragraph-separator characters: they forge log lines, spoof codes and break HTTP headers.
+  Any other Unicode (Devanagari, accents, emoji) is valid. Surrounding whitespace is trimmed.
+- Quantities are JSON integers from 0 to ``settings.max_line_quantity()`` (read per call); booleans,
+  floats and strings are not numbers; ``null`` is an error where the quantity is required
+  (``orderedQuantity``, ``shipmentItems[].quantity``) and 0 where it is optional (``cancelledQuantity``).
+- Money is a non-negative JSON number below 10^10 with at most 4 decimals; booleans and strings are refused.
+- Flags are ``true``/``false`` (or those two words as strings, as Increff sends ``isSplitRequired``).
+- Every optional field accepts ``null`` as its default; unknown fields are ignored (and kept in the
+  stored raw posting).
+- ``eventType`` must be one Increff documents (``settings.KNOWN_EVENTS``). Per event type the arrays
+  the flows need must be present and non-empty: CREATE and COMPLETE ``orderItems``, COMPLETE
+  ``shipments``, every shipment its ``shipmentItems``, ``RETURN_ORDER_COMPLETE`` its ``items``.
+  Line, shipment and return-item codes are unique within a posting.
+
 What we *send* (invoices, credit notes) is strict: unknown fields are forbidden and the
 "exactly one of PDF or URL" rule is checked before anything leaves the building.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import unicodedata
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from omni_erp import settings
 from omni_erp.settings import MAX_STRING_LENGTH
 
-
-def _none_to_empty_list(value: Any) -> Any:
-    return [] if value is None else value
-
-
-def _none_to_zero(value: Any) -> Any:
-    return 0 if value is None or value == "" else value
+JAVA_LONG_MAX = 2**63 - 1
+MAX_MONEY = Decimal(10) ** 10  # per unit or line; far above any Ajio order, far below an overflow
+# Categories refused in received strings: control, format (bidi, zero-width, BOM), surrogates, line/paragraph separators.
+FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
-def _id_to_str(value: Any) -> Any:
-    # messageId is a Long in Increff's samples; we key on its text form.
+def _kind(value: Any) -> str:
+    """How a JSON value reads in an error message (never the value itself: it may be huge or hostile)."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
-        raise ValueError("must be a number or a string")
-    if isinstance(value, int):
-        return str(value)
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def forbidden_character(value: str) -> str | None:
+    """The first character of ``value`` a received string may not hold, described as ``U+202E (NAME)``."""
+    if value.isprintable():  # fast path: printable strings hold none of the forbidden categories
+        return None
+    for char in value:
+        if unicodedata.category(char) in FORBIDDEN_CATEGORIES:
+            name = unicodedata.name(char, "")
+            return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+    return None
+
+
+def _safe_text(value: Any) -> Any:
+    # Runs before trimming, so a trailing newline or bidi mark is refused rather than silently cut.
+    if isinstance(value, str):
+        found = forbidden_character(value)
+        if found:
+            raise PydanticCustomError(
+                "forbidden_character",
+                "contains {character}; control, format and bidirectional characters are not accepted",
+                {"character": found},
+            )
     return value
 
 
-Str = Annotated[str, Field(max_length=MAX_STRING_LENGTH)]
-RequiredStr = Annotated[str, Field(min_length=1, max_length=MAX_STRING_LENGTH)]
-MessageId = Annotated[RequiredStr, BeforeValidator(_id_to_str)]
-Quantity = Annotated[int, Field(ge=0), BeforeValidator(_none_to_zero)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4), BeforeValidator(_none_to_zero)]
-ListOf = lambda item: Annotated[list[item], BeforeValidator(_none_to_empty_list)]  # noqa: E731
+def _message_id(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise PydanticCustomError(
+            "message_id", "must be a positive integer (Java Long), not {kind}", {"kind": _kind(value)}
+        )
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH or not _ASCII_DIGITS.fullmatch(value):
+            raise PydanticCustomError("message_id", "must be a positive integer (Java Long); a string may hold only the digits 0-9")
+        value = int(value)
+    if not 1 <= value <= JAVA_LONG_MAX:
+        raise PydanticCustomError("message_id", "must be a positive integer (Java Long), from 1 to 2^63-1")
+    return str(value)
+
+
+def _quantity(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("quantity", "must be a whole number (JSON integer), not {kind}", {"kind": _kind(value)})
+    ceiling = settings.max_line_quantity()
+    if not 0 <= value <= ceiling:
+        raise PydanticCustomError("quantity", "must be between 0 and {ceiling}", {"ceiling": ceiling})
+    return value
+
+
+def _money(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("money", "must be a number, not {kind}", {"kind": _kind(value)})
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("money", "must be a finite number")
+    if not 0 <= value < MAX_MONEY:
+        raise PydanticCustomError("money", "must be from 0 to less than {limit}", {"limit": int(MAX_MONEY)})
+    # str() first: a float's shortest representation, so 1120.1 stays 1120.1 and not its binary expansion.
+    return Decimal(str(value))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise PydanticCustomError("flag", "must be true or false, not {kind}", {"kind": _kind(value)})
+
+
+Str = Annotated[str, Field(max_length=MAX_STRING_LENGTH), BeforeValidator(_safe_text)]
+RequiredStr = Annotated[str, Field(min_length=1, max_length=MAX_STRING_LENGTH), BeforeValidator(_safe_text)]
+MessageId = Annotated[str, PlainValidator(_message_id)]
+Quantity = Annotated[int, PlainValidator(_quantity)]
+Money = Annotated[Decimal, Field(ge=0, lt=MAX_MONEY, max_digits=14, decimal_places=4), BeforeValidator(_money)]
+Flag = Annotated[bool, PlainValidator(_flag)]
+
+
+def _no_duplicates(codes: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for code in codes:
+        if code in seen:
+            raise PydanticCustomError(
+                "duplicate_code", "{what} {code} appears more than once", {"what": what, "code": ascii(code[:64])}
+            )
+        seen.add(code)
+
+
+def _required_items(present: bool, field: str, event_type: str) -> None:
+    if not present:
+        raise PydanticCustomError(
+            "required_array", "{field}: at least one entry is required for {event_type}", {"field": field, "event_type": event_type}
+        )
 
 
 class _Received(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        """Increff sends ``null`` for optional fields it has no value for: treat it as absent."""
+        if not isinstance(data, dict):
+            return data
+        optional = {key for name, info in cls.model_fields.items() if not info.is_required() for key in (name, info.alias)}
+        if any(data.get(key, 0) is None for key in optional):
+            return {key: value for key, value in data.items() if not (value is None and key in optional)}
+        return data
 
 
 class TaxItem(_Received):
@@ -57,7 +190,7 @@ class ShipmentItem(_Received):
     channel_sku_code: RequiredStr = Field(alias="channelSkuCode")
     quantity: Quantity
     selling_price_per_unit: Money = Field(Decimal(0), alias="sellingPricePerUnit")
-    tax_items: ListOf(TaxItem) = Field(default_factory=list, alias="taxItems")
+    tax_items: list[TaxItem] = Field(default_factory=list, alias="taxItems")
 
 
 class Shipment(_Received):
@@ -65,7 +198,7 @@ class Shipment(_Received):
     shipment_status: Str | None = Field(None, alias="shipmentStatus")
     external_invoice_id: Str | None = Field(None, alias="externalInvoiceId")
     irn: Str | None = None
-    shipment_items: ListOf(ShipmentItem) = Field(default_factory=list, alias="shipmentItems")
+    shipment_items: list[ShipmentItem] = Field(alias="shipmentItems", min_length=1)
 
 
 class OrderItem(_Received):
@@ -90,6 +223,34 @@ class OrderItem(_Received):
         return self.ordered_quantity - self.cancelled_quantity
 
 
+class OrderCustomAttributes(_Received):
+    """``orderCustomAttributes``: ``attribute1``..``attribute10`` are strings (the Ajio PO is one of them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    attribute1: Str | None = None
+    attribute2: Str | None = None
+    attribute3: Str | None = None
+    attribute4: Str | None = None
+    attribute5: Str | None = None
+    attribute6: Str | None = None
+    attribute7: Str | None = None
+    attribute8: Str | None = None
+    attribute9: Str | None = None
+    attribute10: Str | None = None
+    currency: Str | None = None
+
+
+def _known_event_type(value: str, allowed: frozenset[str]) -> str:
+    if value not in allowed:
+        raise PydanticCustomError(
+            "unknown_event_type",
+            "unknown event type {value}; expected one of {allowed}",
+            {"value": ascii(value[:64]), "allowed": ", ".join(sorted(allowed))},
+        )
+    return value
+
+
 class OutwardOrderPosting(_Received):
     """``OUTWARD_ORDER_*`` posting (CREATE, CANCEL, COMPLETE and the ignored ones)."""
 
@@ -102,10 +263,33 @@ class OutwardOrderPosting(_Received):
     partner_code: Str | None = Field(None, alias="partnerCode")
     location_code: Str | None = Field(None, alias="locationCode")
     order_time: Str | None = Field(None, alias="orderTime")
-    is_priority: bool = Field(False, alias="isPriority")
-    order_items: ListOf(OrderItem) = Field(default_factory=list, alias="orderItems")
-    shipments: ListOf(Shipment) = Field(default_factory=list, alias="shipments")
+    is_priority: Flag = Field(False, alias="isPriority")
+    order_items: list[OrderItem] = Field(default_factory=list, alias="orderItems")
+    shipments: list[Shipment] = Field(default_factory=list, alias="shipments")
     order_custom_attributes: dict[str, Any] | None = Field(None, alias="orderCustomAttributes")
+
+    @field_validator("event_type")
+    @classmethod
+    def _outward_event_type(cls, value: str) -> str:
+        return _known_event_type(value, settings.OUTWARD_EVENTS)
+
+    @field_validator("order_custom_attributes")
+    @classmethod
+    def _attributes_are_strings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Validated for their types only; the raw dict is kept, as the PO path may point anywhere in it.
+        if value is not None:
+            OrderCustomAttributes.model_validate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _shape_of_event(self) -> OutwardOrderPosting:
+        if self.event_type in (settings.EVENT_CREATE, settings.EVENT_COMPLETE):
+            _required_items(bool(self.order_items), "orderItems", self.event_type)
+        if self.event_type == settings.EVENT_COMPLETE:
+            _required_items(bool(self.shipments), "shipments", self.event_type)
+        _no_duplicates([item.order_item_code for item in self.order_items], "orderItems: orderItemCode")
+        _no_duplicates([shipment.shipment_code for shipment in self.shipments], "shipments: shipmentCode")
+        return self
 
     @property
     def business_key(self) -> str:
@@ -117,25 +301,38 @@ class ReturnItem(_Received):
 
     item_code: RequiredStr = Field(alias="itemCode")
     channel_sku_code: RequiredStr = Field(alias="channelSkuCode")
-    qc_status: Str | None = Field(None, alias="qcStatus")
+    # PASS | FAIL; the ledger's manual-settlement list keeps at most 32 characters of it.
+    qc_status: Annotated[Str, Field(max_length=32)] | None = Field(None, alias="qcStatus")
     qc_reason: Str | None = Field(None, alias="qcReason")
     return_reason: Str | None = Field(None, alias="returnReason")
     selling_price_per_unit: Money = Field(Decimal(0), alias="sellingPricePerUnit")
-    is_excess: bool = Field(False, alias="isExcess")
+    is_excess: Flag = Field(False, alias="isExcess")
 
 
 class ReturnOrderPosting(_Received):
     """Return-order-processed posting (customer return or RTO), domain.md section 3.4."""
 
     message_id: MessageId = Field(alias="messageId")
-    event_type: RequiredStr = Field("RETURN_ORDER_COMPLETE", alias="eventType")
+    event_type: RequiredStr = Field(settings.EVENT_RETURN, alias="eventType")
     event_time: Str | None = Field(None, alias="eventTime")
     return_order_code: RequiredStr = Field(alias="returnOrderCode")
     forward_order_code: RequiredStr = Field(alias="forwardOrderCode")
     return_order_type: Str | None = Field(None, alias="returnOrderType")
     location_code: Str | None = Field(None, alias="locationCode")
     channel_name: Str | None = Field(None, alias="channelName")
-    items: ListOf(ReturnItem) = Field(default_factory=list)
+    items: list[ReturnItem] = Field(default_factory=list)
+
+    @field_validator("event_type")
+    @classmethod
+    def _return_event_type(cls, value: str) -> str:
+        return _known_event_type(value, settings.RETURN_EVENTS)
+
+    @model_validator(mode="after")
+    def _shape_of_event(self) -> ReturnOrderPosting:
+        if self.event_type == settings.EVENT_RETURN:
+            _required_items(bool(self.items), "items", self.event_type)
+        _no_duplicates([item.item_code for item in self.items], "items: itemCode")
+        return self
 
     @property
     def business_key(self) -> str:
@@ -146,11 +343,13 @@ def parse_posting(data: dict[str, Any]) -> OutwardOrderPosting | ReturnOrderPost
     """Pick the posting shape (domain.md decision 2) and validate it.
 
     Return postings are recognised by ``eventType`` starting with ``RETURN_ORDER`` or, when
-    ``eventType`` is absent, by the presence of ``returnOrderCode``.
+    ``eventType`` is absent or null, by the presence of ``returnOrderCode``.
+
+    :raises pydantic.ValidationError: naming each field that does not match Increff's types.
     """
     event_type = data.get("eventType")
-    if (isinstance(event_type, str) and event_type.startswith("RETURN_ORDER")) or (
-        not event_type and "returnOrderCode" in data
+    if (isinstance(event_type, str) and event_type.strip().startswith("RETURN_ORDER")) or (
+        event_type is None and "returnOrderCode" in data
     ):
         return ReturnOrderPosting.model_validate(data)
     return OutwardOrderPosting.model_validate(data)
