@@ -66,6 +66,23 @@ def max_line_quantity() -> int:
     return int(raw)
 
 
+MAX_ITEM_ATTEMPTS_ENV = "OMNI_ERP_MAX_ITEM_ATTEMPTS"
+DEFAULT_MAX_ITEM_ATTEMPTS = 3
+
+
+def max_item_attempts() -> int:
+    """How often an item may fail unexpectedly before it is dead-lettered (``$OMNI_ERP_MAX_ITEM_ATTEMPTS``, default 3).
+
+    :raises ValueError: when the variable is set to anything but a positive integer (a deployment error).
+    """
+    raw = os.environ.get(MAX_ITEM_ATTEMPTS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ITEM_ATTEMPTS
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_ITEM_ATTEMPTS_ENV} must be a positive integer, not {raw!r}")
+    return int(raw)
+
+
 def default_ledger_path() -> Path:
     """Embedded SQLite ledger used when no ``omni_erp_ledger`` connection exists.
 

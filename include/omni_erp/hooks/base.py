@@ -17,10 +17,38 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk.exceptions import AirflowException
 
-from omni_erp.exceptions import RemoteRejectedError, RemoteUnavailableError
+from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class ConnectionConfigError(AirflowException, ValueError):
+    """A connection lacks a field the hook needs, or holds one no HTTP request can carry.
+
+    An Airflow exception on purpose: it fails the task at once instead of being taken for a problem
+    of the item being processed (``LedgerOperator.process_each``).
+    """
+
+
+def is_header_safe(value: str) -> bool:
+    """True when ``value`` can travel as an HTTP header value unchanged: Latin-1, no control characters
+    (CR/LF would split the header), no leading or trailing whitespace (servers strip it)."""
+    return (
+        value == value.strip(" \t")
+        and all(0x20 <= ord(c) <= 0x7E or 0xA0 <= ord(c) <= 0xFF for c in value)
+    )
+
+
+def path_segment(value: str) -> str:
+    """A business value as one URL path segment: every reserved or non-ASCII character percent-encoded
+    (``/``, ``?``, ``#``, ``..`` can never change which resource is addressed)."""
+    from urllib.parse import quote
+
+    if value in ("", ".", ".."):
+        raise PayloadError(f"{value!r} cannot be used as a URL path segment")
+    return quote(value, safe="")
 
 
 @dataclass(frozen=True)
@@ -142,6 +170,11 @@ class RetryingJsonHook(HttpHook):
         """
         import requests
 
+        unsafe = [name for name, value in (headers or {}).items() if not is_header_safe(value)]
+        if unsafe:
+            # Callers encode business values (omni_erp.keys); this is the guard that an unencoded one never
+            # reaches requests, where it would raise UnicodeEncodeError or split the header.
+            raise PayloadError(f"header(s) {', '.join(unsafe)} hold characters an HTTP header cannot carry")
         policy = self.retry_policy
         session = self.session
         url = self.url_from_endpoint(endpoint)

@@ -13,7 +13,14 @@ from typing import Any
 
 from omni_erp import settings
 from omni_erp.exceptions import PayloadError
-from omni_erp.hooks.base import AttemptObserver, RetryingJsonHook, RetryPolicy
+from omni_erp.hooks.base import (
+    AttemptObserver,
+    ConnectionConfigError,
+    RetryingJsonHook,
+    RetryPolicy,
+    is_header_safe,
+    path_segment,
+)
 from omni_erp.models.erp import (
     CreditNotePage,
     EInvoice,
@@ -74,6 +81,8 @@ class BearerAuth:
     """``Authorization: Bearer <token>``; the token is the connection's password."""
 
     def __init__(self, token: str) -> None:
+        if not is_header_safe(token):
+            raise ConnectionConfigError("the ERP API token holds characters an HTTP header cannot carry")
         self.token = token
 
     def __call__(self, request: Any) -> Any:
@@ -112,7 +121,7 @@ class ErpHook(RetryingJsonHook, ErpAdapter):
 
     def _extract_auth(self, connection: Any) -> Any:
         if not connection.password:
-            raise ValueError(f"connection {self.erp_conn_id!r} needs the ERP API token in 'password'")
+            raise ConnectionConfigError(f"connection {self.erp_conn_id!r} needs the ERP API token in 'password'")
         return BearerAuth(connection.password)
 
     def error_message(self, response: Any) -> tuple[str | None, str]:
@@ -138,7 +147,8 @@ class ErpHook(RetryingJsonHook, ErpAdapter):
         return EInvoicePage.model_validate(response.json())
 
     def cancel_sales_order(self, sales_order_id: str, *, idempotency_key: str) -> SalesOrder:
-        response = self._write(f"/api/v1/sales-orders/{sales_order_id}/cancel", "cancel_sales_order", {}, idempotency_key)
+        endpoint = f"/api/v1/sales-orders/{path_segment(sales_order_id)}/cancel"
+        response = self._write(endpoint, "cancel_sales_order", {}, idempotency_key)
         return SalesOrder.model_validate(response.json())
 
     def cancel_irn(self, invoice_number: str, reason: str, *, idempotency_key: str) -> EInvoice:

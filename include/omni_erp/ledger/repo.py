@@ -197,14 +197,21 @@ class Ledger:
         with self._read() as conn:
             return [_claimed(r) for r in conn.execute(query).all()]
 
-    def finish_posting(self, message_id: str, *, outcome: str, state: str = DONE, error: str | None = None) -> None:
-        """Close a posting as done (or dead) with the outcome that the run report shows."""
+    def finish_posting(
+        self, message_id: str, *, outcome: str, state: str = DONE, error: str | None = None, batch_id: str | None = None
+    ) -> bool:
+        """Close a posting as done (or dead) with the outcome that the run report shows; True if applied.
+
+        With ``batch_id`` it applies only while that batch still holds the posting, so a slow first try
+        of a task can never overwrite what a later run (which reclaimed the posting) recorded.
+        """
+        m = t.inbox_message
         with self._write() as conn:
-            conn.execute(
-                update(t.inbox_message)
-                .where(t.inbox_message.c.message_id == message_id)
-                .values(state=state, outcome=outcome, last_error=error, lease_until=None, updated_at=now())
-            )
+            return conn.execute(
+                update(m)
+                .where(m.c.message_id == message_id, *_held_by(batch_id))
+                .values(state=state, outcome=outcome, last_error=_text(error), lease_until=None, updated_at=now())
+            ).rowcount == 1
 
     def dead_letter_posting(
         self,
@@ -215,28 +222,37 @@ class Ledger:
         business_key: str | None = None,
         payload: str | None = None,
         outcome: str = "dead_letter",
-    ) -> None:
-        """Record why a posting cannot be processed and close it as dead - both or neither."""
-        with self.transaction():
-            self.record_dead_letter(stage=stage, reason=reason, message_id=message_id, business_key=business_key, payload=payload)
-            self.finish_posting(message_id, state=DEAD, outcome=outcome, error=reason)
+        batch_id: str | None = None,
+    ) -> bool:
+        """Record why a posting cannot be processed and close it as dead - both or neither; True if applied.
 
-    def release_posting(self, message_id: str, *, error: str) -> None:
-        """Give a claimed posting back to the queue (the next run retries it) and note why."""
+        With ``batch_id`` nothing is recorded unless that batch still holds the posting.
+        """
+        with self.transaction():
+            if not self.finish_posting(message_id, state=DEAD, outcome=outcome, error=reason, batch_id=batch_id):
+                return False
+            self.record_dead_letter(stage=stage, reason=reason, message_id=message_id, business_key=business_key, payload=payload)
+            return True
+
+    def release_posting(self, message_id: str, *, error: str, batch_id: str | None = None) -> bool:
+        """Give a claimed posting back to the queue (the next run retries it), count the attempt and note why.
+
+        With ``batch_id`` it applies only while that batch still holds the posting. True if applied.
+        """
         m = t.inbox_message
         with self._write() as conn:
-            conn.execute(
+            return conn.execute(
                 update(m)
-                .where(m.c.message_id == message_id)
+                .where(m.c.message_id == message_id, *_held_by(batch_id))
                 .values(
                     state=PENDING,
                     outcome="deferred",
                     attempts=m.c.attempts + 1,
-                    last_error=error,
+                    last_error=_text(error),
                     lease_until=None,
                     updated_at=now(),
                 )
-            )
+            ).rowcount == 1
 
     def release_unfinished(self, batch_id: str, *, error: str) -> int:
         """Give back every posting ``batch_id`` still holds (its run ended); returns how many."""
@@ -398,7 +414,7 @@ class Ledger:
             dedupe_key=dedupe_key,
             message_id=message_id,
             business_key=business_key,
-            reason=reason[:2000],
+            reason=_text(reason)[:2000],
             payload=payload[:20000] if payload else None,
             created_at=now(),
         )
@@ -639,6 +655,19 @@ def _insert_ignoring_conflicts(conn: Connection, table: Any) -> Any:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     # RETURNING tells whether a row went in: psycopg reports rowcount -1 for these statements.
     return dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def _held_by(batch_id: str | None) -> tuple[Any, ...]:
+    """Conditions "still claimed by ``batch_id``" (none when no batch is given)."""
+    if batch_id is None:
+        return ()
+    m = t.inbox_message
+    return (m.c.batch_id == batch_id, m.c.state == CLAIMED)
+
+
+def _text(value: str | None) -> str | None:
+    """Free text for the ledger: NUL removed (PostgreSQL text cannot hold it; an exception message can)."""
+    return value.replace("\x00", "\\x00") if value else value
 
 
 def _claimed(row: Any) -> ClaimedPosting:

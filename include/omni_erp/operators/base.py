@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -11,16 +11,61 @@ from airflow.sdk import BaseOperator
 
 from omni_erp import settings
 from omni_erp.exceptions import RemoteUnavailableError
+from omni_erp.states import STAGE_CANCELLATION, STAGE_COMPLETION, STAGE_ORDER_POSTING, STAGE_RETURN
 
 if TYPE_CHECKING:
     from omni_erp.hooks.base import Attempt
     from omni_erp.hooks.erp import ErpAdapter
     from omni_erp.ledger import Ledger
+    from omni_erp.ledger.repo import ClaimedPosting
 
 Item = TypeVar("Item")
 
 # One batch per DAG run: a retried task re-reads the same batch instead of claiming a new one.
 DEFAULT_BATCH_ID = "{{ dag.dag_id }}/{{ run_id }}"
+
+
+# Outcomes process_each gives items itself, and the outcomes that make a run red.
+DEFERRED = "deferred"
+DEAD_LETTER = "dead_letter"
+FAILED = "failed"  # even recording the problem failed; the item stays claimed until the run ends
+FAILED_OUTCOMES = frozenset({DEFERRED, DEAD_LETTER, FAILED, "rejected_by_erp", "upload_failed"})
+_MAX_ERROR_TEXT = 1000
+# dead_letter.stage of a posting, by event type
+STAGES = {
+    settings.EVENT_CREATE: STAGE_ORDER_POSTING,
+    settings.EVENT_CANCEL: STAGE_CANCELLATION,
+    settings.EVENT_COMPLETE: STAGE_COMPLETION,
+    settings.EVENT_RETURN: STAGE_RETURN,
+}
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` on one line, cut short, without control characters (it goes to the ledger and logs)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)[:_MAX_ERROR_TEXT]
+
+
+def _describe(item: Any) -> str:
+    """A short, log-safe name for an item: ``posting 12 ('FN…')`` or the item's repr."""
+    message_id = getattr(item, "message_id", None)
+    if message_id is not None:
+        return f"posting {message_id} ({getattr(item, 'business_key', '')!r})"
+    return repr(item)[:120]
+
+
+def _not_about_the_item(exc: BaseException) -> bool:
+    """True for failures that are not the item's fault and must fail the task: the ledger is unreachable,
+    a connection is missing or misconfigured (Airflow exceptions), or the task is being stopped."""
+    from airflow.sdk.exceptions import AirflowException
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, AirflowException)):
+        return True
+    if isinstance(exc, InterfaceError):
+        # psycopg's InterfaceError means the connection is gone; sqlite3's means one value could not be bound.
+        return type(exc.orig).__module__ != "sqlite3"
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 class LedgerOperator(BaseOperator):
@@ -60,54 +105,135 @@ class LedgerOperator(BaseOperator):
             batch_id=self.batch_id,
         )
 
+    def defer_posting(self, posting: ClaimedPosting, reason: str) -> None:
+        """``process_each``'s ``defer`` for postings: back to the queue with the reason, if this batch still holds it."""
+        self.ledger.release_posting(posting.message_id, error=reason, batch_id=self.batch_id)
+
+    def dead_letter_posting(self, posting: ClaimedPosting, reason: str) -> None:
+        """``process_each``'s ``give_up`` for postings: dead letter and close, in one transaction."""
+        self.ledger.dead_letter_posting(
+            posting.message_id,
+            stage=STAGES.get(posting.event_type, STAGE_ORDER_POSTING),
+            reason=reason,
+            business_key=posting.business_key,
+            batch_id=self.batch_id,
+        )
+
     def process_each(
         self,
         items: Iterable[Item],
         handle: Callable[[Item], str],
         *,
         defer: Callable[[Item, str], None],
+        give_up: Callable[[Item, str], None] | None = None,
+        attempts: Callable[[Item], int] | None = None,
+        failed_outcomes: Collection[str] = (),
         max_consecutive_unavailable: int = 3,
     ) -> dict[str, Any]:
-        """Handle each item, count outcomes, and survive an outage without losing anything.
+        """Handle each item on its own: one bad item never stops the batch, nothing is lost, and the run shows red.
 
-        ``handle`` returns the item's outcome. When it raises ``RemoteUnavailableError`` (the hook already
-        retried), ``defer`` gives the item back for the next run; after ``max_consecutive_unavailable``
-        such failures in a row the remaining items are deferred without calling the remote system again.
-        Returns the XCom summary; raises ``AirflowFailException`` after the loop when anything was
-        deferred by an outage, so the run shows red while nothing is lost. (``handle`` may also return
-        "deferred" for business reasons, e.g. no e-invoice yet; the report task makes those visible.)
+        ``handle`` returns the item's outcome; a data problem it recognises it records itself (dead letter)
+        and returns an outcome saying so. Everything else is caught at the item boundary:
+
+        - ``RemoteUnavailableError`` (the hook already retried): ``defer`` gives the item back for the next
+          run; after ``max_consecutive_unavailable`` such failures in a row the remaining items are
+          deferred without calling the remote system again. An outage never dead-letters anything.
+        - any other exception: logged with its traceback and deferred with the error text, until the item
+          has failed ``settings.max_item_attempts()`` times; then ``give_up`` dead-letters it with the
+          reason, so a poison item cannot hold the queue. ``attempts(item)`` says how often the item was
+          deferred before (default: its ``attempts`` attribute, e.g. ``ClaimedPosting.attempts``; the
+          counter also counts outage deferrals, so the bound errs on the side of a person looking sooner).
+        - a ledger outage or an Airflow exception (missing connection, task timeout) is not about the item:
+          it fails the task at once; claimed items keep their lease and the report step releases them.
+
+        Returns the XCom summary (outcome -> count). Raises ``AirflowFailException`` after the loop when
+        any item of this run was deferred, dead-lettered or failed (outcomes ``deferred``, ``dead_letter``,
+        ``failed``, ``rejected_by_erp``, ``upload_failed`` and any in ``failed_outcomes``), so the run
+        shows red and the failure alert fires.
+
+        :param items: the batch, in processing order.
+        :param handle: handles one item and returns its outcome.
+        :param defer: gives an item back to the queue with the reason (must be idempotent).
+        :param give_up: dead-letters an item with the reason; without it items are only ever deferred.
+        :param attempts: earlier failed attempts of an item.
+        :param failed_outcomes: further outcomes of ``handle`` that mean the item needs a person.
+        :param max_consecutive_unavailable: stop calling a remote system that failed this many items in a row.
         """
         from airflow.sdk.exceptions import AirflowFailException
 
+        limit = settings.max_item_attempts()
+        bad = FAILED_OUTCOMES | frozenset(failed_outcomes)
         outcomes: Counter[str] = Counter()
-        unavailable_in_a_row = outages = 0
-        last_outage = ""
+        unavailable_in_a_row = 0
+        last_outage = first_problem = ""
         for item in items:
             if unavailable_in_a_row >= max_consecutive_unavailable:
-                defer(item, f"not attempted, remote system unavailable: {last_outage}")
-                outcomes["deferred"] += 1
-                outages += 1
+                outcomes[self._settle(defer, item, f"not attempted, remote system unavailable: {last_outage}", DEFERRED)] += 1
                 continue
             try:
                 outcome = handle(item)
             except RemoteUnavailableError as exc:
                 unavailable_in_a_row += 1
-                outages += 1
                 last_outage = str(exc)
-                defer(item, last_outage)
-                self.log.warning("Deferred to the next run: %s", exc)
-                outcome = "deferred"
+                self.log.warning("%s deferred to the next run: %s", _describe(item), exc)
+                outcome = self._settle(defer, item, last_outage, DEFERRED)
+            except Exception as exc:
+                if _not_about_the_item(exc):
+                    raise
+                outcome = self._unexpected(item, exc, defer=defer, give_up=give_up, attempts=attempts, limit=limit)
+                first_problem = first_problem or f"{_describe(item)}: {_error_text(exc)}"
             else:
                 unavailable_in_a_row = 0
             outcomes[outcome] += 1
         summary = {"batch_id": self.batch_id, **{k: outcomes[k] for k in sorted(outcomes)}}
         self.log.info("%s: %s", self.task_id, summary)
-        if outages:
+        problems = {k: n for k, n in outcomes.items() if k in bad}
+        if problems:
+            deferred = problems.get(DEFERRED, 0)
+            others = sum(problems.values()) - deferred
+            parts = [f"{deferred} item(s) deferred"] if deferred else []
+            if others:
+                parts.append(f"{others} item(s) dead-lettered, rejected or failed")
+            causes = "; ".join(c for c in (last_outage and f"remote system unavailable: {last_outage}", first_problem) if c)
             raise AirflowFailException(
-                f"{outages} item(s) deferred because a remote system is unavailable ({last_outage}); "
-                f"they wait for the next run. Summary: {summary}"
+                f"{' and '.join(parts)} of {sum(outcomes.values())} in this run"
+                f"{f' ({causes})' if causes else ''}; deferred items wait for the next run, the others for a person "
+                f"(see dead_letter). Summary: {summary}"
             )
         return summary
+
+    def _unexpected(
+        self,
+        item: Item,
+        exc: Exception,
+        *,
+        defer: Callable[[Item, str], None],
+        give_up: Callable[[Item, str], None] | None,
+        attempts: Callable[[Item], int] | None,
+        limit: int,
+    ) -> str:
+        """Defer an item whose handling raised something unexpected, or dead-letter it once it failed ``limit`` times."""
+        earlier = attempts(item) if attempts is not None else int(getattr(item, "attempts", 0) or 0)
+        this_attempt = earlier + 1
+        reason = f"unexpected error: {_error_text(exc)}"
+        self.log.error(
+            "%s failed unexpectedly (attempt %d of %d)", _describe(item), this_attempt, limit, exc_info=exc
+        )
+        if give_up is not None and this_attempt >= limit:
+            self.log.error("%s dead-lettered after %d failed attempts", _describe(item), this_attempt)
+            return self._settle(give_up, item, f"gave up after {this_attempt} attempts: {reason}", DEAD_LETTER)
+        return self._settle(defer, item, f"{reason} (attempt {this_attempt} of {limit})", DEFERRED)
+
+    def _settle(self, record: Callable[[Item, str], None], item: Item, reason: str, outcome: str) -> str:
+        """Record a deferral or dead letter; if even that fails, the item stays claimed (the report releases it)."""
+        try:
+            record(item, reason)
+        except Exception as exc:
+            if _not_about_the_item(exc):
+                raise
+            self.log.error("Could not record %s for %s; it stays claimed until the run ends", outcome, _describe(item), exc_info=exc)
+            return FAILED
+        return outcome
 
 
 class ErpOperator(LedgerOperator):

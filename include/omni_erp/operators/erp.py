@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
@@ -43,11 +42,12 @@ class ErpSalesOrderMapOperator(LedgerOperator):
         self.po_path = po_path
 
     def execute(self, context: Context) -> dict[str, Any]:
-        outcomes: Counter[str] = Counter()
-        for posting in self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]):
-            outcomes[self._map_one(posting)] += 1
-        self.log.info("Mapped batch %s: %s", self.batch_id, dict(outcomes) or "nothing to map")
-        return {"batch_id": self.batch_id, **{k: outcomes[k] for k in sorted(outcomes)}}
+        return self.process_each(
+            self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
+            self._map_one,
+            defer=self.defer_posting,
+            give_up=self.dead_letter_posting,
+        )
 
     def _map_one(self, posting: ClaimedPosting) -> str:
         from omni_erp.mapping import plan_sales_order
@@ -114,7 +114,8 @@ class ErpSalesOrderCreateOperator(ErpOperator):
         return self.process_each(
             self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
             self._book_one,
-            defer=lambda posting, error: self.ledger.release_posting(posting.message_id, error=error),
+            defer=self.defer_posting,
+            give_up=self.dead_letter_posting,
             max_consecutive_unavailable=self.max_consecutive_unavailable,
         )
 

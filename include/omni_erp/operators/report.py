@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from omni_erp.operators.base import LedgerOperator
-from omni_erp.states import DOC_CREDIT_NOTE, DOC_INVOICE, PENDING
+from omni_erp.states import (
+    DEAD,
+    DOC_CREDIT_NOTE,
+    DOC_INVOICE,
+    DOC_MISMATCH,
+    DOC_UNMATCHED,
+    DOC_UPLOAD_FAILED,
+    PENDING,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -19,10 +27,14 @@ class LedgerBatchReportOperator(LedgerOperator):
 
     Meant to run last with ``trigger_rule="all_done"``, so the log always says what happened to every
     order of the run. Postings the run still holds (an upstream task failed) go back to the queue at
-    once instead of waiting for their lease to expire. When any posting of the batch is left
-    unprocessed the task fails after logging, so the run shows red and alerts fire.
+    once instead of waiting for their lease to expire.
 
-    :param fail_on_unfinished: fail when postings of the batch were deferred to a later run.
+    It is the DAG's only leaf, and Airflow decides a run's state from its leaves: so after logging it
+    fails - the run shows red and the failure alert fires - when any other task of the run failed, or
+    when any item of the batch was deferred (posting back in the queue), dead-lettered, or is an ERP
+    document that could not be matched or uploaded.
+
+    :param fail_on_unfinished: fail when items of the batch were deferred, dead-lettered or failed.
     """
 
     def __init__(self, *, fail_on_unfinished: bool = True, **kwargs: Any) -> None:
@@ -48,18 +60,32 @@ class LedgerBatchReportOperator(LedgerOperator):
             self._log_table(f"ERP documents of batch {self.batch_id} ({len(documents)})", documents, "reason")
         counts.update(f"{d['doc_type']}:{d['state']}" for d in documents)
         self.log.info("Totals: %s", dict(counts))
-        unfinished = [r for r in rows if r["state"] == PENDING]
-        if unfinished and self.fail_on_unfinished:
-            raise AirflowFailException(
-                f"{len(unfinished)} of {len(rows)} posting(s) were not processed in this run and wait for the next one; "
-                f"first reason: {unfinished[0]['last_error']}"
-            )
+        problems = self._failed_tasks(context)
+        if self.fail_on_unfinished:
+            problems += _item_problems(rows, documents)
+        if problems:
+            raise AirflowFailException("; ".join(problems))
         return {
             "batch_id": self.batch_id,
             "postings": len(rows),
             "documents": len(documents),
             "by_outcome": dict(sorted(counts.items())),
         }
+
+    def _failed_tasks(self, context: Context) -> list[str]:
+        """"task(s) X failed in this run", read from Airflow (the report runs after every other task)."""
+        ti = context.get("ti")
+        if ti is None or not hasattr(ti, "get_task_states"):  # called outside a task runner (unit tests)
+            return []
+        upstream = sorted(self.get_flat_relative_ids(upstream=True))
+        if not upstream:
+            return []
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=upstream).get(ti.run_id, {})
+        failed = sorted(task_id for task_id, state in states.items() if state in FAILED_TASK_STATES)
+        if not failed:
+            return []
+        self.log.error("Task(s) of this run failed: %s", ", ".join(failed))
+        return [f"task(s) {', '.join(failed)} failed in this run (see their logs)"]
 
     def _log_table(self, title: str, rows: list[dict[str, Any]], text_column: str) -> None:
         """Log rows as one aligned table, the free-text column cut to 80 characters."""
@@ -69,3 +95,33 @@ class LedgerBatchReportOperator(LedgerOperator):
         table[text_column] = table[text_column].fillna("").str.slice(0, 80)
         with pd.option_context("display.max_rows", 1000, "display.width", 250, "display.max_colwidth", 80):
             self.log.info("%s:\n%s", title, table.to_string(index=False))
+
+
+FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
+# Documents a person must look at: the ERP's document could not be matched or Omni refused it.
+FAILED_DOCUMENT_STATES = frozenset({DOC_UPLOAD_FAILED, DOC_UNMATCHED, DOC_MISMATCH, "invalid"})
+
+
+def _item_problems(rows: list[dict[str, Any]], documents: list[dict[str, Any]]) -> list[str]:
+    """One sentence per kind of item this run could not finish, with the first reason."""
+    problems = []
+    unfinished = [r for r in rows if r["state"] == PENDING]
+    if unfinished:
+        problems.append(
+            f"{len(unfinished)} of {len(rows)} posting(s) were not processed in this run and wait for the next one; "
+            f"first reason: {unfinished[0]['last_error']}"
+        )
+    dead = [r for r in rows if r["state"] == DEAD]
+    if dead:
+        problems.append(
+            f"{len(dead)} of {len(rows)} posting(s) were dead-lettered in this run (see dead_letter); "
+            f"first reason: {dead[0]['last_error']}"
+        )
+    failed_documents = [d for d in documents if d["state"] in FAILED_DOCUMENT_STATES]
+    if failed_documents:
+        first = failed_documents[0]
+        problems.append(
+            f"{len(failed_documents)} of {len(documents)} ERP document(s) were not uploaded ({first['doc_type']} "
+            f"{first['doc_number']!r}: {first['state']}, {first['reason']})"
+        )
+    return problems
