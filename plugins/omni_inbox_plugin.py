@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
 from omni_erp import settings
 from omni_erp.inbox.app import URL_PREFIX, InboxSettings, create_inbox_app
-
-KEY_CACHE_SECONDS = 60.0  # a rotated key takes effect within a minute without a metadata-DB query per posting
+from omni_erp.inbox.auth import ConnectionAuthSource
 
 
 def _server_connection(conn_id: str) -> Any | None:
@@ -29,37 +26,24 @@ def _server_connection(conn_id: str) -> Any | None:
         return None
 
 
-class _InboxKey:
-    """Zero-argument callable returning the ``omni_inbox`` password, cached briefly; a missing key is not cached."""
-
-    def __init__(self, conn_id: str = settings.INBOX_CONN_ID, ttl: float = KEY_CACHE_SECONDS) -> None:
-        self._conn_id = conn_id
-        self._ttl = ttl
-        self._value: str | None = None
-        self._expires = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> str | None:
-        with self._lock:
-            if self._value is None or time.monotonic() >= self._expires:
-                conn = _server_connection(self._conn_id)
-                self._value = (conn.password or None) if conn is not None else None
-                self._expires = time.monotonic() + self._ttl
-            return self._value
+def _inbox_settings() -> InboxSettings:
+    """Credentials from ``omni_inbox`` (cached a minute), the ledger from ``omni_erp_ledger`` (re-read every few seconds)."""
+    credentials = ConnectionAuthSource(settings.INBOX_CONN_ID, lookup=_server_connection)
+    return InboxSettings(
+        api_key=credentials.api_key,
+        dynamic_credentials=credentials.dynamic_credentials,
+        ledger_conn_id=settings.LEDGER_CONN_ID,
+        connection_lookup=_server_connection,
+    )
 
 
 class OmniInboxPlugin(AirflowPlugin):
-    """Mounts the inbox; the key and ledger are read on the first request, so importing this does no I/O.
+    """Mounts the inbox; credentials and ledger are read on request, so importing this does no I/O.
 
-    The ledger comes from connection ``omni_erp_ledger`` (embedded SQLite when undefined) through
-    ``Ledger.from_conn_id``, which in the API server also sees connections stored in the metadata DB.
+    The ledger comes from connection ``omni_erp_ledger`` (embedded SQLite when undefined and the
+    executor is local), re-read every few seconds so the inbox follows a changed connection, as the
+    DAGs do; its identity is in the authenticated ``GET /omni/health`` answer.
     """
 
     name = "omni_inbox"
-    fastapi_apps = [
-        {
-            "app": create_inbox_app(InboxSettings(api_key=_InboxKey(), ledger_conn_id=settings.LEDGER_CONN_ID)),
-            "url_prefix": URL_PREFIX,
-            "name": "Omni inbox",
-        }
-    ]
+    fastapi_apps = [{"app": create_inbox_app(_inbox_settings()), "url_prefix": URL_PREFIX, "name": "Omni inbox"}]

@@ -202,7 +202,7 @@ def test_no_key_configured_refuses_postings_with_503(sqlite_ledger_url, create_p
 
 def test_unknown_path_and_wrong_method_answer_in_increff_shape(inbox_app):
     assert_increff_error(inbox_app.client.get("/nope"), 404, "Not Found")
-    assert_increff_error(inbox_app.client.get("/postings"), 405, "Method Not Allowed")
+    assert_increff_error(inbox_app.client.put("/postings"), 405, "Method Not Allowed")  # GET is Get Credential
 
 
 @pytest.mark.postgres
@@ -241,7 +241,7 @@ def test_ledger_unavailable_is_503_so_omni_retries(tmp_path, create_posting, mak
     response = inbox.post(create_posting)
 
     assert_increff_error(response, 503, "could not store the posting; retry")
-    assert_increff_error(inbox.client.get("/health"), 503, "ledger unavailable")
+    assert_increff_error(inbox.client.get("/health", headers={"X-Api-Key": API_KEY}), 503, "ledger unavailable")
 
 
 def test_ledger_outage_is_not_cached_and_the_retry_is_stored(tmp_path, create_posting):
@@ -256,11 +256,12 @@ def test_ledger_outage_is_not_cached_and_the_retry_is_stored(tmp_path, create_po
     assert len(Inbox(good_url).ledger.postings()) == 1
 
 
-def test_health_reports_the_ledger_backend_without_auth(inbox_app):
-    response = inbox_app.client.get("/health")
+def test_health_without_a_key_is_liveness_only_and_with_the_key_names_the_ledger(inbox_app):
+    public = inbox_app.client.get("/health")
+    detailed = inbox_app.client.get("/health", headers={"X-Api-Key": API_KEY})
 
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "ledger": "sqlite"}
+    assert public.status_code == 200 and public.json() == {"status": "ok"}
+    assert detailed.status_code == 200 and detailed.json()["ledger"]["backend"] == "sqlite"
 
 
 # --- logging -------------------------------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""Serve the inbox without Airflow's API server: ``python -m omni_erp.inbox --port 8780``."""
+"""Serve the inbox without Airflow's API server: ``python -m omni_erp.inbox --port 8780``.
+
+Credentials come from connection ``omni_inbox`` (password = static key; extras = Increff's dynamic
+flow, see ``omni_erp.inbox.credentials``), re-read every minute; ``--api-key-env`` takes the static key
+from an environment variable instead. The ledger is ``--ledger-url``, else connection
+``omni_erp_ledger``, re-read every few seconds. It refuses to start when no credential is configured
+or the ledger configuration is unusable.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +16,16 @@ import sys
 
 from omni_erp import settings
 from omni_erp.inbox.app import URL_PREFIX, InboxSettings, build_standalone_app
+from omni_erp.inbox.auth import ConnectionAuthSource, InboxAuth
 
 log = logging.getLogger("omni_erp.inbox")
 
 
 def _api_key(env_var: str | None) -> str | None:
+    """The static key: from ``env_var`` when given, else the ``omni_inbox`` connection's password."""
     if env_var:
         return os.environ.get(env_var) or None
-    from omni_erp.connections import get_connection
-
-    conn = get_connection(settings.INBOX_CONN_ID)
-    return (conn.password or None) if conn is not None else None
+    return ConnectionAuthSource(settings.INBOX_CONN_ID).api_key()
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,21 +42,48 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _startup_problem(args: argparse.Namespace, credentials: ConnectionAuthSource) -> str | None:
+    """Why the inbox must not start, or None; logs the embedded-ledger WARNING when that is what it will use."""
+    from omni_erp.ledger.engine import LedgerConfigError, locate_ledger, warn_embedded
+
+    try:
+        from_connection = credentials.current()
+    except ValueError as exc:
+        return f"connection {settings.INBOX_CONN_ID!r}: {exc}"
+    static_key = (os.environ.get(args.api_key_env) or None) if args.api_key_env else from_connection.api_key
+    if not InboxAuth(api_key=static_key, dynamic=from_connection.dynamic).configured:
+        source = f"environment variable {args.api_key_env}" if args.api_key_env else (
+            f"connection {settings.INBOX_CONN_ID!r} (password), e.g. AIRFLOW_CONN_OMNI_INBOX"
+        )
+        return f"no API key configured; set {source}"
+    if not args.ledger_url:
+        try:
+            location = locate_ledger(settings.LEDGER_CONN_ID)
+        except LedgerConfigError as exc:
+            return str(exc)
+        if location.embedded:
+            warn_embedded(location)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api_key = _api_key(args.api_key_env)
-    if not api_key:
-        source = f"environment variable {args.api_key_env}" if args.api_key_env else (
-            f"connection {settings.INBOX_CONN_ID!r} (password), e.g. AIRFLOW_CONN_OMNI_INBOX"
-        )
-        print(f"omni_erp.inbox: no API key configured; set {source}", file=sys.stderr)
+    credentials = ConnectionAuthSource(settings.INBOX_CONN_ID)
+    problem = _startup_problem(args, credentials)
+    if problem:
+        print(f"omni_erp.inbox: {problem}", file=sys.stderr)
         return 2
-    app = build_standalone_app(InboxSettings(api_key=api_key, ledger_url=args.ledger_url))
+    api_key_env = args.api_key_env
+    inbox_settings = InboxSettings(
+        api_key=(lambda: os.environ.get(api_key_env) or None) if api_key_env else credentials.api_key,
+        dynamic_credentials=credentials.dynamic_credentials,
+        ledger_url=args.ledger_url,
+    )
     log.info("serving the Omni inbox on http://%s:%d%s/postings", args.host, args.port, URL_PREFIX)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(build_standalone_app(inbox_settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

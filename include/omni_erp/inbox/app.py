@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +14,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy import text
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omni_erp import settings
-from omni_erp.ledger import Ledger
+from omni_erp.inbox import auth
+from omni_erp.inbox.credentials import DynamicCredentials
+from omni_erp.inbox.ledger_source import DEFAULT_RECHECK_S, CurrentLedger
 from omni_erp.models.omni import ReturnOrderPosting, parse_posting
 from omni_erp.states import IGNORED, PENDING, STAGE_INBOX
 
@@ -43,16 +42,23 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 @dataclass
 class InboxSettings:
-    """How the inbox finds its API key and its ledger; both are resolved on request, never at import.
+    """How the inbox finds its credentials and its ledger; all are resolved on request, never at import.
 
-    :param api_key: the key Omni sends, or a zero-argument callable returning it (None = not configured),
-        called on every request so a rotated key takes effect without a restart.
-    :param ledger_url: SQLAlchemy URL of the ledger, or a zero-argument callable returning it; when None,
-        the ledger of connection ``ledger_conn_id`` (embedded SQLite if undefined). Resolved on the first
-        request that needs it and then cached; a failed resolution is retried on the next request.
+    :param api_key: the static key Omni sends, or a zero-argument callable returning it (None = not
+        configured), called on every request so a rotated key takes effect without a restart.
+    :param ledger_url: SQLAlchemy URL of the ledger, or a zero-argument callable returning it (called
+        again every ``ledger_recheck_s``); when None, the ledger of connection ``ledger_conn_id``,
+        re-read every ``ledger_recheck_s`` and followed when it changes (``inbox.ledger_source``). A
+        failed resolution is retried on the next request.
     :param ledger_conn_id: Airflow connection of the ledger, used when ``ledger_url`` is None.
-    :param api_key_header: request header that carries the key.
+    :param api_key_header: request header that carries the static key.
     :param max_body_bytes: larger bodies are answered 413.
+    :param dynamic_credentials: Increff's dynamic flow (``inbox.credentials``), or a zero-argument
+        callable returning it; None = off. With neither a key nor this, every request is refused.
+    :param ledger_recheck_s: how often (seconds) the ledger configuration is re-read.
+    :param connection_lookup: ``conn_id -> connection or None`` for the ledger connection; default
+        ``omni_erp.connections.get_connection``.
+    :param clock: wall clock (Unix seconds) that dates the dynamic tokens; injectable for tests.
     """
 
     api_key: str | Callable[[], str | None] | None
@@ -60,6 +66,10 @@ class InboxSettings:
     ledger_conn_id: str = settings.LEDGER_CONN_ID
     api_key_header: str = settings.INBOX_API_KEY_HEADER
     max_body_bytes: int = MAX_BODY_BYTES
+    dynamic_credentials: DynamicCredentials | Callable[[], DynamicCredentials | None] | None = None
+    ledger_recheck_s: float = DEFAULT_RECHECK_S
+    connection_lookup: Callable[[str], Any | None] | None = None
+    clock: Callable[[], float] = time.time
 
 
 class _Rejected(Exception):
@@ -98,35 +108,27 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, server_error)
 
 
-class _LazyLedger:
-    """Resolve the ledger once, on first use, without caching failures."""
+class _LazyLedger(CurrentLedger):
+    """The inbox's ledger: opened on first use, re-resolved when its configuration changes, failures not cached."""
 
     def __init__(self, inbox_settings: InboxSettings) -> None:
-        self._settings = inbox_settings
-        self._ledger: Ledger | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Ledger:
-        if self._ledger is None:
-            with self._lock:
-                if self._ledger is None:
-                    self._ledger = self._resolve()
-        return self._ledger
-
-    def _resolve(self) -> Ledger:
-        source = self._settings.ledger_url
-        if source is None:
-            return Ledger.from_conn_id(self._settings.ledger_conn_id)
-        return Ledger(source() if callable(source) else source)
+        super().__init__(
+            inbox_settings.ledger_url,
+            inbox_settings.ledger_conn_id,
+            recheck_s=inbox_settings.ledger_recheck_s,
+            lookup=inbox_settings.connection_lookup,
+        )
 
 
 def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
-    """Build the inbox app: ``POST /postings`` (one Omni posting per call) and ``GET /health``.
+    """Build the inbox app: ``POST /postings`` (one Omni posting per call), ``GET /postings`` (Increff's
+    Get Credential call, ``inbox.credentials``) and ``GET /health``.
 
     It never calls the ERP: postings are stored in the ledger and processed by the DAGs
-    (domain.md decision 2). Mount it under ``/omni``.
+    (domain.md decision 2). Every route is authenticated (``inbox.auth``); only a bare liveness
+    answer of ``/health`` is public. Mount it under ``/omni``.
 
-    :param inbox_settings: API key and ledger sources.
+    :param inbox_settings: credential and ledger sources.
     """
     app = FastAPI(title="Omni inbox", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
@@ -161,14 +163,30 @@ def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
         )
         return response
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    @app.get("/postings")
+    async def issue_credentials(request: Request) -> JSONResponse:
         try:
-            backend = await run_in_threadpool(_ping, ledger)
-        except Exception:  # any failure to reach the ledger means "not healthy"; the traceback is logged
+            current = await run_in_threadpool(auth.resolve, inbox_settings.api_key, inbox_settings.dynamic_credentials)
+            headers = auth.issue_token(request.headers, current, _caller(request), clock=inbox_settings.clock)
+        except auth.AuthRefused as refused:
+            return error_response(refused.status, refused.message)
+        return JSONResponse(headers, headers={"Cache-Control": "no-store"})
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        # Without credentials: liveness only, nothing about the ledger or the configuration (issue 7.4).
+        if not auth.presents_credentials(request.headers, inbox_settings.api_key_header):
+            return JSONResponse({"status": "ok"})
+        try:
+            current = await _authenticate(request, inbox_settings)
+        except _Rejected as rejected:
+            return error_response(rejected.status, rejected.message)
+        try:
+            details = await run_in_threadpool(ledger.describe)
+        except Exception as exc:  # any failure to reach the ledger means "not healthy"; the traceback is logged
             log.warning("inbox health: ledger unavailable", exc_info=True)
-            return error_response(503, "ledger unavailable")
-        return JSONResponse({"status": "ok", "ledger": backend})
+            return error_response(503, f"ledger unavailable: {_health_reason(exc)}")
+        return JSONResponse({"status": "ok", "ledger": details, "auth": current.summary()})
 
     return app
 
@@ -187,25 +205,31 @@ def build_standalone_app(inbox_settings: InboxSettings) -> FastAPI:
     return app
 
 
-async def _authenticate(request: Request, inbox_settings: InboxSettings) -> None:
-    source = inbox_settings.api_key
+async def _authenticate(request: Request, inbox_settings: InboxSettings) -> auth.InboxAuth:
+    """Accept the static key or a dynamic token (``inbox.auth``); anything else is a rejection, never stored."""
     try:
-        expected = await run_in_threadpool(source) if callable(source) else source
-    except Exception:  # a failing key lookup (e.g. metadata DB down) must not become a 500 or a 401
-        log.warning("inbox: could not read the API key", exc_info=True)
-        raise _Rejected(503, "inbox not ready; retry", outcome="key_unavailable", dead_letter=False) from None
-    if not expected:
-        log.error("inbox: no API key configured; refusing all postings")
-        raise _Rejected(503, "inbox is not configured; retry later", outcome="no_key", dead_letter=False)
-    given = request.headers.get(inbox_settings.api_key_header, "")
-    # compare_digest needs equal types; bytes also allow non-ASCII keys.
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise _Rejected(
-            401,
-            f"missing or invalid API key in header {inbox_settings.api_key_header}",
-            outcome="unauthorized",
-            dead_letter=False,
+        current = await run_in_threadpool(auth.resolve, inbox_settings.api_key, inbox_settings.dynamic_credentials)
+        auth.authenticate(
+            request.headers,
+            current,
+            _caller(request),
+            api_key_header=inbox_settings.api_key_header,
+            clock=inbox_settings.clock,
         )
+    except auth.AuthRefused as refused:
+        raise _Rejected(refused.status, refused.message, outcome=refused.outcome, dead_letter=False) from None
+    return current
+
+
+def _caller(request: Request) -> auth.Caller:
+    return auth.Caller(route=f"{request.method} {request.url.path}", client=request.client.host if request.client else "unknown")
+
+
+def _health_reason(exc: Exception) -> str:
+    # Our configuration errors say what to fix and carry no secret; driver errors may name hosts, so only their type.
+    from omni_erp.ledger.engine import LedgerConfigError
+
+    return str(exc) if isinstance(exc, LedgerConfigError) else type(exc).__name__
 
 
 def _check_content_type(request: Request) -> None:
@@ -376,13 +400,6 @@ def _dead_letter(lazy_ledger: _LazyLedger, reason: str, meta: dict[str, Any]) ->
         log.error(
             "inbox: could not record the rejection of posting %s (%s)", _printable(meta.get("message_id")), reason, exc_info=True
         )
-
-
-def _ping(lazy_ledger: _LazyLedger) -> str:
-    ledger = lazy_ledger.get()
-    with ledger.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-    return ledger.backend
 
 
 def _describe_errors(errors: list[Any]) -> str:

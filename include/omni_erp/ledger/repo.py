@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, upda
 
 from omni_erp import settings
 from omni_erp.ledger import tables as t
-from omni_erp.ledger.engine import get_engine, ledger_url_for_conn_id, sqlite_url
+from omni_erp.ledger.engine import get_engine, ledger_identity, ledger_url_for_conn_id, sqlite_url
 from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING
 from omni_erp.timeutil import now
 
@@ -68,6 +68,11 @@ class Ledger:
     @property
     def backend(self) -> str:
         return self.engine.dialect.name
+
+    @property
+    def identity(self) -> str:
+        """The ledger's UUID (``engine.ledger_identity``): the same value wherever this ledger is opened."""
+        return ledger_identity(self.engine)
 
     @contextmanager
     def transaction(self) -> Iterator[Ledger]:

@@ -189,3 +189,13 @@ manual_settlement = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("return_order_code", "item_code", name="uq_manual_settlement_item"),
 )
+
+# Facts about the ledger itself, e.g. its identity: a UUID created once with the schema, which the
+# inbox reports and the flows log so both sides can be shown to use the same ledger.
+ledger_meta = Table(
+    "ledger_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

@@ -88,7 +88,10 @@ class LedgerOperator(BaseOperator):
         # Imported here, not at module level: DAG files import operators at parse time.
         from omni_erp.ledger import Ledger
 
-        return Ledger.from_conn_id(self.ledger_conn_id)
+        ledger = Ledger.from_conn_id(self.ledger_conn_id)
+        # Compare with the inbox's authenticated /omni/health: the same identity means the same ledger.
+        self.log.info("Ledger %s, identity %s", ledger.backend, ledger.identity)
+        return ledger
 
     def record_attempt(self, attempt: Attempt) -> None:
         """Observer handed to hooks: every HTTP attempt lands in ``outbound_call`` (no bodies, no secrets)."""
