@@ -2,16 +2,19 @@
 
 ### What it does
 1. **claim_postings** - takes a batch of `OUTWARD_ORDER_COMPLETE` postings that the Omni inbox stored.
-2. **complete_orders** - records every shipment once by `shipmentCode` (an invoiced shipment repeats
-   in every later posting of the order), then compares per `channelSkuCode` (with pandas) the units
-   on the order's recorded e-invoice with the units of all its distinct shipments, less units
-   already on an earlier partial-cancel return order:
-   - *shipped = invoiced*: the order is closed (`completed`);
-   - *shipped < invoiced* (the customer cancelled part of the order after e-invoicing): one ERP
-     return order `PC-<orderCode>-<n>` for exactly the difference, at the invoice's unit prices,
-     registered in the ledger before the call and sent with the key `return:<code>`; the ERP raises
-     the credit note, which stays in the ERP by default (domain.md decision 6);
-   - *shipped > invoiced* for any SKU: nothing is guessed - dead letter with the figures per SKU;
+2. **complete_orders** - records every shipment once by `shipmentCode` (Increff repeats earlier
+   shipments in every later posting of the order, so a posting carries the shipments *so far*) and
+   compares per `channelSkuCode` the units on the order's recorded e-invoice with the posting's live
+   units (`orderedQuantity - cancelledQuantity`) and the units of all its distinct shipments:
+   - invoiced units no longer live were *cancelled after e-invoicing*: the ones not yet on a return
+     order go on one ERP return order `PC-<orderCode>-<n>` at the invoice's unit prices, registered
+     in the ledger before the call and sent with the key `return:<code>`; the ERP raises the credit
+     note, which stays in the ERP by default (domain.md decision 6);
+   - invoiced units neither shipped nor cancelled are still to ship (a split shipment), not a
+     shortfall: the order is `partially_shipped` until a later COMPLETE ships or cancels them, then
+     `completed` (or `completed_with_return`);
+   - shipped plus cancelled above invoiced for any SKU, an invoiced SKU the posting does not list,
+     or no shipped unit at all: nothing is guessed - dead letter with the figures per SKU;
    - unknown or cancelled order: dead letter with the reason; no e-invoice recorded yet: the posting
      waits for the invoice flow (next run).
    The per-SKU table is logged for every order that is not a plain match.

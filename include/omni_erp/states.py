@@ -22,8 +22,9 @@ STAGE_ORDER_POSTING = "order_posting"
 # ajio_order.state after booking (F2-F6)
 ORDER_INVOICED = "invoiced"                        # the ERP's e-invoice is recorded (IRN, ack date)
 ORDER_CANCELLED = "cancelled"                      # OUTWARD_ORDER_CANCEL handled; `cancel_route` says how
-ORDER_COMPLETED = "completed"                      # shipped == invoiced
-ORDER_COMPLETED_WITH_RETURN = "completed_with_return"  # shipped < invoiced: a return order covers the rest
+ORDER_COMPLETED = "completed"                      # every invoiced unit shipped
+ORDER_COMPLETED_WITH_RETURN = "completed_with_return"  # every invoiced unit shipped or, cancelled after e-invoicing, on a return order
+ORDER_PARTIALLY_SHIPPED = "partially_shipped"      # some invoiced units shipped, the rest not yet shipped or cancelled
 
 # ajio_order.cancel_route (F3, domain.md decision 5)
 CANCEL_NOT_BOOKED = "not_booked"                   # nothing in the ERP: nothing to call
@@ -41,6 +42,7 @@ DOC_UNMATCHED = "unmatched"        # no order (or return order) in the ledger fo
 DOC_MISMATCH = "mismatch"          # totals or quantities disagree with the order
 DOC_SKIPPED = "not_uploaded_order_cancelled"  # the order was cancelled in Omni
 DOC_KEPT_IN_ERP = "kept_in_erp"    # credit notes the SOP keeps out of Omni (F3 >= 24 h, F4 partial cancel)
+DOC_INVALID = "invalid"            # the ERP's document breaks the contract or could not be matched: never uploaded
 
 # return_order.kind and .state (F4, F5)
 RETURN_CUSTOMER = "CUSTOMER_RETURN"

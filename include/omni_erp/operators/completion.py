@@ -1,21 +1,46 @@
-"""F4: reconcile ``OUTWARD_ORDER_COMPLETE`` shipments with the e-invoice; units not shipped go on an ERP return order."""
+"""F4: reconcile ``OUTWARD_ORDER_COMPLETE`` postings with the e-invoice; units cancelled after e-invoicing go on an ERP return order.
+
+Domain decision (issue 6, item 9) - what a COMPLETE posting says, read from its own fields:
+
+* Increff repeats every earlier shipment of an order in each later posting, so a COMPLETE carries the
+  shipments *so far*, not necessarily all of them: an order that ships in two shipments may be
+  posted once with the first only, then again with both. Shipments are recorded once by
+  ``shipmentCode``; a shipment whose ``shipmentStatus`` is ``CANCELLED`` carried no units.
+* ``orderItems[].cancelledQuantity`` is the absolute number of cancelled units *now*. The e-invoice
+  covers ``orderedQuantity - cancelledQuantity`` as the CREATE carried it (domain.md decision 4), so
+  per channelSkuCode the invoiced units no longer live in the posting (``orderedQuantity -
+  cancelledQuantity``) are the units the customer cancelled after e-invoicing. Only those go on a
+  partial-cancel return order (and so on an ERP credit note), once: a later posting only adds the
+  units cancelled since. Cancellations only grow; a posting with fewer than already returned is an
+  older one delivered late and adds nothing.
+* Invoiced units neither shipped nor cancelled are **not a shortfall**: they ship later. The order
+  is ``partially_shipped`` until a later COMPLETE ships or cancels them, then ``completed`` (or
+  ``completed_with_return`` when a partial-cancel return order exists).
+* Nothing is guessed: shipped plus cancelled-after-invoicing above the invoiced units for any SKU,
+  an invoiced SKU the posting does not list, or no shipped unit at all (a whole-order cancellation is
+  ``OUTWARD_ORDER_CANCEL``) is dead-lettered with the figures per SKU.
+
+``decide_completion`` is that rule as a pure function (no Airflow, no I/O).
+"""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
-from omni_erp.exceptions import RemoteRejectedError
+from omni_erp.exceptions import LedgerConflictError, RemoteRejectedError
 from omni_erp.operators.base import ErpOperator
 from omni_erp.states import (
-    DEAD,
     DOC_INVOICE,
     ORDER_CANCELLED,
     ORDER_COMPLETED,
     ORDER_COMPLETED_WITH_RETURN,
     ORDER_NOTHING_TO_INVOICE,
+    ORDER_PARTIALLY_SHIPPED,
     ORDER_REJECTED,
     RETURN_BOOKED,
     RETURN_PARTIAL_CANCEL,
@@ -26,19 +51,24 @@ from omni_erp.states import (
 from omni_erp.timeutil import now
 
 if TYPE_CHECKING:
-    import pandas as pd
     from airflow.sdk import Context
 
     from omni_erp.ledger.repo import ClaimedPosting
     from omni_erp.models.erp import DocumentLine, EInvoice
-    from omni_erp.models.omni import OutwardOrderPosting
+    from omni_erp.models.omni import Shipment
 
+# Posting outcomes.
 COMPLETED = "completed"
+PARTIALLY_SHIPPED = "partially_shipped"
 RETURN_ORDER_CREATED = "return_order_created"
 ALREADY_COMPLETED = "already_completed"
+DEAD_LETTER = "dead_letter"
 NO_EINVOICE = "no e-invoice recorded yet"
 WAITING_FOR_EINVOICE = "waiting_for_einvoice"  # not "deferred": that one means an outage (LedgerOperator.process_each)
-FIGURES = ["invoiced", "shipped", "returned_before"]
+
+# shipmentStatus values of a shipment that never left (its units are not shipped).
+CANCELLED_SHIPMENT_STATUSES = frozenset({"CANCELLED", "CANCELED"})
+FIGURES = ["invoiced", "live", "cancelled_after_invoice", "shipped", "returned_before", "to_return", "outstanding"]
 
 
 def partial_cancel_code(order_code: str, n: int) -> str:
@@ -46,44 +76,200 @@ def partial_cancel_code(order_code: str, n: int) -> str:
     return f"PC-{order_code}-{n}"
 
 
-def reconcile(
-    invoiced: Iterable[tuple[str, int]], shipped: Iterable[tuple[str, int]], returned_before: Iterable[tuple[str, int]]
-) -> pd.DataFrame:
-    """Units per channelSkuCode: invoiced, shipped, returned before, and ``difference``.
+# --- the rule (pure) ------------------------------------------------------------------------------
 
-    ``difference`` = invoiced - returned before - shipped: positive means units invoiced but never
-    shipped (to go on a return order), negative means more shipped than invoiced.
+
+@dataclass(frozen=True)
+class SkuUnits:
+    """One channelSkuCode's units in a completion.
+
+    :param invoiced: units on the order's e-invoice.
+    :param live: ordered minus cancelled units in the posting's orderItems; None when it does not list the SKU.
+    :param shipped: units of every distinct shipment recorded for the order, this posting's included.
+    :param returned_before: units already on the order's partial-cancel return orders.
+    """
+
+    sku: str
+    invoiced: int
+    live: int | None
+    shipped: int
+    returned_before: int
+
+    @property
+    def cancelled_after_invoice(self) -> int:
+        """Invoiced units the posting no longer holds live: cancelled after e-invoicing."""
+        return max(0, self.invoiced - self.live) if self.live is not None else 0
+
+    @property
+    def to_return(self) -> int:
+        """Cancelled units not on a return order yet (an older posting, with fewer, adds none)."""
+        return max(0, self.cancelled_after_invoice - self.returned_before)
+
+    @property
+    def outstanding(self) -> int:
+        """Invoiced units neither shipped nor cancelled: still to ship (negative: more than invoiced)."""
+        return self.invoiced - max(self.cancelled_after_invoice, self.returned_before) - self.shipped
+
+    def figures(self) -> dict[str, Any]:
+        return {"sku": self.sku, **{name: getattr(self, name) for name in FIGURES}}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one COMPLETE posting means for its order: ``verdict`` is COMPLETED, PARTIALLY_SHIPPED or DEAD_LETTER."""
+
+    verdict: str
+    units: tuple[SkuUnits, ...]
+    reason: str | None = None
+
+    @property
+    def to_return(self) -> dict[str, int]:
+        """Units per SKU for a new partial-cancel return order (empty for a dead letter: nothing is guessed)."""
+        if self.verdict == DEAD_LETTER:
+            return {}
+        return {u.sku: u.to_return for u in self.units if u.to_return > 0}
+
+    @property
+    def outstanding(self) -> dict[str, int]:
+        return {u.sku: u.outstanding for u in self.units if u.outstanding > 0}
+
+    @property
+    def plain(self) -> bool:
+        """Everything invoiced shipped, nothing cancelled after e-invoicing: no table worth logging."""
+        return all(u.shipped == u.invoiced and u.returned_before == 0 and u.to_return == 0 for u in self.units)
+
+    def figures_json(self) -> str:
+        return json.dumps([u.figures() for u in self.units])
+
+    def table(self) -> str:
+        """The per-SKU figures as an aligned text table, for the task log."""
+        import pandas as pd
+
+        rows = [{**u.figures(), "live": "-" if u.live is None else u.live} for u in self.units]
+        return pd.DataFrame(rows, columns=["sku", *FIGURES]).set_index("sku").to_string()
+
+
+def _sum(pairs: Iterable[tuple[str, int]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for sku, units in pairs:
+        total[sku] += int(units)
+    return total
+
+
+def decide_completion(
+    *,
+    invoiced: Iterable[tuple[str, int]],
+    live: Iterable[tuple[str, int]],
+    shipped: Iterable[tuple[str, int]],
+    returned_before: Iterable[tuple[str, int]],
+) -> Completion:
+    """Apply the module's domain decision to one COMPLETE posting (pure: no Airflow, no I/O).
 
     :param invoiced: (sku, units) from the e-invoice lines.
-    :param shipped: (sku, units) from every distinct shipment of the order.
-    :param returned_before: (sku, units) already on earlier partial-cancel return orders.
+    :param live: (sku, orderedQuantity - cancelledQuantity) from the posting's orderItems.
+    :param shipped: (sku, units) from every distinct shipment of the order, this posting's included.
+    :param returned_before: (sku, units) already on the order's partial-cancel return orders.
     """
-    import pandas as pd
+    invoiced_units, shipped_units, returned_units = _sum(invoiced), _sum(shipped), _sum(returned_before)
+    live_units = _sum(live)
+    skus = sorted(set(invoiced_units) | set(shipped_units) | set(returned_units) | set(live_units))
+    units = tuple(
+        SkuUnits(
+            sku=sku,
+            invoiced=invoiced_units[sku],
+            live=live_units[sku] if sku in live_units else None,
+            shipped=shipped_units[sku],
+            returned_before=returned_units[sku],
+        )
+        for sku in skus
+    )
+    unlisted = [u.sku for u in units if u.live is None and u.invoiced > u.shipped + u.returned_before]
+    if unlisted:
+        return Completion(
+            DEAD_LETTER,
+            units,
+            f"the posting's orderItems do not list invoiced SKU(s) {', '.join(unlisted)}: "
+            "cannot tell units cancelled from units not shipped yet",
+        )
+    over = [u for u in units if u.outstanding < 0]
+    if over:
+        figures = "; ".join(
+            f"{u.sku}: invoiced {u.invoiced}, shipped {u.shipped}, cancelled after invoicing "
+            f"{max(u.cancelled_after_invoice, u.returned_before)}, returned before {u.returned_before}"
+            for u in over
+        )
+        return Completion(DEAD_LETTER, units, f"more units shipped and cancelled than invoiced ({figures})")
+    if not any(u.shipped for u in units):
+        # A whole order that never shipped is a cancellation (OUTWARD_ORDER_CANCEL), not a completion.
+        return Completion(DEAD_LETTER, units, "the COMPLETE posting and the ledger hold no shipped units")
+    verdict = PARTIALLY_SHIPPED if any(u.outstanding > 0 for u in units) else COMPLETED
+    return Completion(verdict, units)
 
-    rows = [
-        (sku, figure, int(units))
-        for figure, pairs in zip(FIGURES, (invoiced, shipped, returned_before), strict=True)
-        for sku, units in pairs
-    ]
-    long = pd.DataFrame(rows, columns=["sku", "figure", "units"])
-    if long.empty:
-        table = pd.DataFrame(columns=FIGURES, dtype=int)
-    else:
-        table = long.pivot_table(index="sku", columns="figure", values="units", aggfunc="sum", fill_value=0)
-    table = table.reindex(columns=FIGURES, fill_value=0).astype(int)
-    table.columns.name = None
-    table["difference"] = table["invoiced"] - table["returned_before"] - table["shipped"]
-    return table
+
+@dataclass
+class ShipmentPlan:
+    """The posting's shipments against those recorded: what to record, what repeats, what contradicts."""
+
+    new: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # shipmentCode -> [{sku, quantity}]
+    repeated: int = 0  # shipments an earlier posting recorded (Increff repeats them)
+    cancelled: list[str] = field(default_factory=list)  # shipmentStatus CANCELLED: no units shipped
+    conflict: str | None = None
 
 
-def return_lines(invoice_lines: Iterable[DocumentLine], units_by_sku: dict[str, int]) -> list[DocumentLine]:
-    """Lines for ``units_by_sku`` at the invoice's own unit prices (the credit note must mirror the invoice)."""
+def shipment_items(shipment: Shipment) -> list[dict[str, Any]]:
+    """The shipment's units per SKU, as the ledger stores them."""
+    units: Counter[str] = Counter()
+    for item in shipment.shipment_items:
+        units[item.channel_sku_code] += item.quantity
+    return [{"sku": sku, "quantity": n} for sku, n in sorted(units.items()) if n > 0]
+
+
+def plan_shipments(shipments: Iterable[Shipment], recorded: Mapping[str, dict[str, Any]], message_id: str) -> ShipmentPlan:
+    """Compare the posting's shipments with the order's recorded ones (pure).
+
+    :param shipments: the posting's shipments.
+    :param recorded: the order's recorded shipments by shipmentCode (rows with ``items`` and ``message_id``).
+    :param message_id: the posting's messageId (a retried posting finds its own shipments recorded).
+    """
+    plan = ShipmentPlan()
+    for shipment in shipments:
+        code = shipment.shipment_code
+        items = shipment_items(shipment)
+        known = recorded[code]["items"] if code in recorded else plan.new.get(code)
+        if (shipment.shipment_status or "").strip().upper() in CANCELLED_SHIPMENT_STATUSES:
+            if known:
+                plan.conflict = f"shipment {code} was recorded as shipped ({known}); now it is {shipment.shipment_status}"
+                return plan
+            plan.cancelled.append(code)
+            continue
+        if known is None:
+            plan.new[code] = items
+        elif known != items:
+            plan.conflict = f"shipment {code} was recorded before with other content ({known}); now {items}"
+            return plan
+        elif code in recorded and recorded[code]["message_id"] != message_id:
+            plan.repeated += 1
+    return plan
+
+
+def return_lines(
+    invoice_lines: Iterable[DocumentLine], units_by_sku: Mapping[str, int], returned_by_line: Mapping[str, int] | None = None
+) -> list[DocumentLine]:
+    """Lines for ``units_by_sku`` at the invoice's own unit prices (the credit note must mirror the invoice).
+
+    Units are taken from the invoice lines of their SKU in order, skipping what earlier return orders
+    took from each line (``returned_by_line``: lineCode -> units).
+
+    :raises ValueError: when the invoice does not hold the units (a bug: the rule never asks for more).
+    """
     from omni_erp.models.erp import DocumentLine
 
     remaining = dict(units_by_sku)
+    taken_before = Counter(returned_by_line or {})
     lines = []
     for line in invoice_lines:
-        take = min(line.quantity, remaining.get(line.sku, 0))
+        available = line.quantity - taken_before.pop(line.line_code, 0) if line.line_code else line.quantity
+        take = min(max(available, 0), remaining.get(line.sku, 0))
         if take > 0:
             lines.append(DocumentLine(lineCode=line.line_code, sku=line.sku, quantity=take, unitPrice=line.unit_price))
             remaining[line.sku] -= take
@@ -92,17 +278,21 @@ def return_lines(invoice_lines: Iterable[DocumentLine], units_by_sku: dict[str, 
     return lines
 
 
-class ErpOrderCompleteOperator(ErpOperator):
-    """Handle the batch's ``OUTWARD_ORDER_COMPLETE`` postings.
+# --- the operator --------------------------------------------------------------------------------
 
-    Each shipment is recorded once by ``shipmentCode`` (an invoiced shipment repeats in every later
-    posting). Per channelSkuCode the units on the order's recorded e-invoice are compared with the
-    units of all its distinct shipments, less units already on an earlier partial-cancel return order:
-    equal -> the order is closed; fewer shipped -> one ERP return order for exactly the difference at the
-    invoice's prices (registered in the ledger before the ERP call, so a retry re-sends the same code
-    and key), after which the ERP raises the credit note that stays in the ERP (domain.md decision 6);
-    more shipped -> dead letter with the figures, nothing guessed. An order without a recorded
-    e-invoice waits for F2 (the posting goes back to the queue).
+
+class ErpOrderCompleteOperator(ErpOperator):
+    """Handle the batch's ``OUTWARD_ORDER_COMPLETE`` postings by the module's domain decision.
+
+    Per posting: its new shipments are recorded once by ``shipmentCode``; units cancelled after
+    e-invoicing and not yet on a return order go on one ERP return order ``PC-<orderCode>-<n>`` at the
+    invoice's prices, registered in the ledger (with the shipments, in one transaction) before the ERP
+    call, so a crash or retry re-sends the same code and key; the ERP then raises the credit note,
+    which stays in the ERP (domain.md decision 6). The order becomes ``partially_shipped`` while
+    invoiced units are still to ship, ``completed``/``completed_with_return`` once every invoiced unit
+    is shipped or cancelled. Data problems are dead-lettered with the figures, in one transaction with
+    closing the posting; an order without a recorded e-invoice waits for F2 (the posting goes back to
+    the queue). Any other error of one posting is isolated by ``process_each``.
 
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
@@ -113,9 +303,11 @@ class ErpOrderCompleteOperator(ErpOperator):
         summary = self.process_each(
             self.ledger.claimed_postings(self.batch_id, [settings.EVENT_COMPLETE]),
             lambda posting: self._complete_one(posting, shipments),
-            defer=lambda posting, error: self.ledger.release_posting(posting.message_id, error=error),
+            defer=self.defer_posting,
+            give_up=self.dead_letter_posting,
             max_consecutive_unavailable=self.max_consecutive_unavailable,
         )
+        shipments = +shipments  # drop the zero counts
         self.log.info("Shipments of batch %s: %s", self.batch_id, dict(shipments) or "none")
         return {**summary, **{k: shipments[k] for k in sorted(shipments)}}
 
@@ -137,15 +329,16 @@ class ErpOrderCompleteOperator(ErpOperator):
             )
         if order["state"] in (ORDER_REJECTED, ORDER_NOTHING_TO_INVOICE):
             return self._dead_letter(posting, f"order {code} is {order['state']}: nothing was invoiced for it")
-        conflict = self._record_shipments(posting, model, counts)
-        if conflict:
-            return self._dead_letter(posting, conflict)
+        recorded = {s["shipment_code"]: s for s in ledger.order_shipments(code)}
+        shipments = plan_shipments(model.shipments, recorded, posting.message_id)
+        if shipments.conflict:
+            return self._dead_letter(posting, shipments.conflict)
         try:
             invoice = self._recorded_invoice(order)
         except ValueError as exc:
             return self._dead_letter(posting, f"recorded e-invoice {order['erp_invoice_number']} is unreadable: {exc}")
         if invoice is None:
-            ledger.release_posting(posting.message_id, error=NO_EINVOICE)
+            ledger.release_posting(posting.message_id, error=NO_EINVOICE, batch_id=self.batch_id)
             self.log.info("Order %s: %s; the posting waits for the invoice flow (F2)", code, NO_EINVOICE)
             return WAITING_FOR_EINVOICE
 
@@ -153,73 +346,62 @@ class ErpOrderCompleteOperator(ErpOperator):
         rejected = [r["return_order_code"] for r in returns if r["state"] == RETURN_REJECTED]
         if rejected:
             return self._dead_letter(posting, f"return order(s) {', '.join(rejected)} of order {code} were rejected by the ERP")
-        table = reconcile(
-            ((line.sku, line.quantity) for line in invoice.lines),
-            ((item["sku"], item["quantity"]) for s in ledger.order_shipments(code) for item in s["items"]),
-            ((line["sku"], line["quantity"]) for r in returns for line in r["lines"]),
+        decision = decide_completion(
+            invoiced=((line.sku, line.quantity) for line in invoice.lines),
+            live=((item.channel_sku_code, item.quantity_to_invoice) for item in model.order_items),
+            shipped=[
+                *((item["sku"], item["quantity"]) for s in recorded.values() for item in s["items"]),
+                *((item["sku"], item["quantity"]) for items in shipments.new.values() for item in items),
+            ],
+            returned_before=((line["sku"], line["quantity"]) for r in returns for line in r["lines"]),
         )
-        if (table["difference"] != 0).any() or (table["returned_before"] > 0).any():
-            self.log.info("Order %s, invoice %s, units per SKU:\n%s", code, invoice.invoice_number, table.to_string())
-        if (table["shipped"] == 0).all():
-            # A whole order that never shipped is a cancellation (OUTWARD_ORDER_CANCEL), not a completion.
-            return self._dead_letter(posting, f"order {code}: the COMPLETE posting and the ledger hold no shipped units", table)
-        over = table[table["difference"] < 0]
-        if not over.empty:
-            figures = "; ".join(
-                f"{sku}: invoiced {r.invoiced}, shipped {r.shipped}, returned before {r.returned_before}"
-                for sku, r in over.iterrows()
-            )
-            return self._dead_letter(posting, f"order {code}: more units shipped than invoiced ({figures})", table)
+        if not decision.plain or decision.verdict == DEAD_LETTER:
+            self.log.info("Order %s, invoice %s, units per SKU:\n%s", code, invoice.invoice_number, decision.table())
+        if shipments.cancelled:
+            self.log.info("Order %s: shipment(s) %s are cancelled; their units are not counted", code, ", ".join(shipments.cancelled))
+        if decision.verdict == DEAD_LETTER:
+            return self._dead_letter(posting, f"order {code}: {decision.reason}", figures=decision.figures_json())
 
-        short = table[table["difference"] > 0]
-        if not short.empty:
-            units = {str(sku): int(n) for sku, n in short["difference"].items()}
-            self._register_return(posting, code, invoice, units, n=len(returns) + 1)
-            returns = ledger.return_orders(order_code=code, kind=RETURN_PARTIAL_CANCEL)
+        request = self._return_request(code, invoice, decision.to_return, returns) if decision.to_return else None
         try:
-            booked_now = [self._book_return(r) for r in returns if r["state"] == RETURN_READY]
-        except RemoteRejectedError as exc:
-            reason = f"ERP rejected the return order: {exc.code + ': ' if exc.code else ''}{exc.message}"
-            ledger.record_dead_letter(stage=STAGE_COMPLETION, reason=reason, message_id=posting.message_id, business_key=code)
-            ledger.finish_posting(posting.message_id, state=DEAD, outcome="rejected_by_erp", error=reason)
-            self.log.error("Order %s: %s", code, reason)
-            return "rejected_by_erp"
-
-        final = ORDER_COMPLETED_WITH_RETURN if returns else ORDER_COMPLETED
-        if order["state"] == final and not booked_now:
-            ledger.finish_posting(posting.message_id, outcome=ALREADY_COMPLETED)
-            return ALREADY_COMPLETED
-        ledger.update_order(code, state=final, closed_at=now())
-        outcome = RETURN_ORDER_CREATED if returns else COMPLETED
-        ledger.finish_posting(posting.message_id, outcome=outcome)
-        return outcome
+            with ledger.transaction():
+                # The shipments, a new return order and (with nothing to book) the order's new state: all or nothing.
+                for shipment_code, items in shipments.new.items():
+                    if not ledger.record_shipment(shipment_code=shipment_code, order_code=code, message_id=posting.message_id, items=items):
+                        raise LedgerConflictError(f"shipment {shipment_code} is recorded for another order")
+                if request is not None:
+                    self._register_return(posting, code, request)
+                ready = [r for r in ledger.return_orders(order_code=code, kind=RETURN_PARTIAL_CANCEL) if r["state"] == RETURN_READY]
+                closed = None if ready else self._close(posting, order, decision, changed=bool(shipments.new))
+        except LedgerConflictError as exc:
+            return self._dead_letter(posting, str(exc))
+        counts.update(new_shipments=len(shipments.new), duplicate_shipments=shipments.repeated)
+        if closed is not None:
+            return closed
+        return self._book_returns(posting, order, decision, ready)
 
     # --- steps --------------------------------------------------------------------------------
 
-    def _record_shipments(self, posting: ClaimedPosting, model: OutwardOrderPosting, counts: Counter[str]) -> str | None:
-        """Record each shipment once; returns a reason when a known shipmentCode arrives with other content."""
-        stored: dict[str, dict[str, Any]] | None = None
-        for shipment in model.shipments:
-            units: Counter[str] = Counter()
-            for item in shipment.shipment_items:
-                units[item.channel_sku_code] += item.quantity
-            items = [{"sku": sku, "quantity": n} for sku, n in sorted(units.items()) if n > 0]
-            if self.ledger.record_shipment(
-                shipment_code=shipment.shipment_code, order_code=model.order_code, message_id=posting.message_id, items=items
-            ):
-                counts["new_shipments"] += 1
-                continue
-            if stored is None:
-                stored = {s["shipment_code"]: s for s in self.ledger.order_shipments(model.order_code)}
-            known = stored.get(shipment.shipment_code)
-            if known is None or known["items"] != items:
-                return (
-                    f"shipment {shipment.shipment_code} was recorded before with other content "
-                    f"({'another order' if known is None else known['items']}); now {items}"
-                )
-            if known["message_id"] != posting.message_id:
-                counts["duplicate_shipments"] += 1  # the same shipment repeated by a later posting
-        return None
+    def _close(self, posting: ClaimedPosting, order: dict[str, Any], decision: Completion, *, changed: bool, booked: bool = False) -> str:
+        """Set the order's state from the decision and finish the posting (inside the caller's transaction)."""
+        ledger, code = self.ledger, order["order_code"]
+        if decision.verdict == PARTIALLY_SHIPPED:
+            ledger.update_order(code, state=ORDER_PARTIALLY_SHIPPED)
+            ledger.finish_posting(posting.message_id, outcome=PARTIALLY_SHIPPED, batch_id=self.batch_id)
+            self.log.info(
+                "Order %s partially shipped: %s still to ship or be cancelled; the order stays open for a later COMPLETE",
+                code,
+                ", ".join(f"{sku} x{n}" for sku, n in decision.outstanding.items()),
+            )
+            return PARTIALLY_SHIPPED
+        final = ORDER_COMPLETED_WITH_RETURN if ledger.return_orders(order_code=code, kind=RETURN_PARTIAL_CANCEL) else ORDER_COMPLETED
+        if order["state"] == final and not changed:
+            ledger.finish_posting(posting.message_id, outcome=ALREADY_COMPLETED, batch_id=self.batch_id)
+            return ALREADY_COMPLETED
+        ledger.update_order(code, state=final, closed_at=now())
+        outcome = RETURN_ORDER_CREATED if booked else COMPLETED
+        ledger.finish_posting(posting.message_id, outcome=outcome, batch_id=self.batch_id)
+        return outcome
 
     def _recorded_invoice(self, order: dict[str, Any]) -> EInvoice | None:
         """The order's e-invoice as F2 recorded it (never read from the ERP here: the ledger is the record)."""
@@ -229,56 +411,80 @@ class ErpOrderCompleteOperator(ErpOperator):
         document = self.ledger.get_document(DOC_INVOICE, number) if number else None
         return EInvoice.model_validate(document["payload"]) if document else None
 
-    def _register_return(self, posting: ClaimedPosting, order_code: str, invoice: EInvoice, units: dict[str, int], *, n: int) -> None:
+    @staticmethod
+    def _return_request(order_code: str, invoice: EInvoice, units: dict[str, int], returns: list[dict[str, Any]]) -> dict[str, Any]:
+        """The next partial-cancel return order's exact ERP body, stored and re-sent unchanged on every retry."""
         from omni_erp.models.erp import ReturnOrderRequest
 
-        code = partial_cancel_code(order_code, n)
-        lines = return_lines(invoice.lines, units)
-        request = ReturnOrderRequest(
-            returnOrderCode=code,
+        returned_by_line: Counter[str] = Counter()
+        for r in returns:
+            for line in r["lines"]:
+                if line.get("lineCode"):
+                    returned_by_line[line["lineCode"]] += int(line["quantity"])
+        return ReturnOrderRequest(
+            returnOrderCode=partial_cancel_code(order_code, len(returns) + 1),
             orderCode=order_code,
             invoiceNumber=invoice.invoice_number,
             reason=RETURN_PARTIAL_CANCEL,
-            lines=lines,
-        )
-        # Registered before the ERP call: a crash or retry finds it and re-sends the same code and key.
-        self.ledger.register_return_order(
+            lines=return_lines(invoice.lines, units, returned_by_line),
+        ).to_json_dict()
+
+    def _register_return(self, posting: ClaimedPosting, order_code: str, request: dict[str, Any]) -> None:
+        code = request["returnOrderCode"]
+        stored = self.ledger.register_return_order(
             return_order_code=code,
             order_code=order_code,
             kind=RETURN_PARTIAL_CANCEL,
             state=RETURN_READY,
-            lines=[line.model_dump(mode="json", by_alias=True, exclude_none=True) for line in lines],
-            erp_request=request.to_json_dict(),
+            lines=request["lines"],
+            erp_request=request,
             message_id=posting.message_id,
         )
+        if stored["erp_request"] != request:
+            raise LedgerConflictError(f"return order {code} is registered already with other lines: {stored['lines']}")
 
-    def _book_return(self, stored: dict[str, Any]) -> str:
+    def _book_returns(self, posting: ClaimedPosting, order: dict[str, Any], decision: Completion, ready: list[dict[str, Any]]) -> str:
+        """Book the registered return orders in the ERP (no transaction open), then record them and close the posting in one."""
         from omni_erp.models.erp import ReturnOrderRequest
 
-        code = stored["return_order_code"]
-        request = ReturnOrderRequest.model_validate(stored["erp_request"])
-        try:
-            booking = self.erp.create_return_order(request, idempotency_key=keys.return_order(code))
-        except RemoteRejectedError:
-            self.ledger.update_return_order(code, state=RETURN_REJECTED)
-            raise
-        self.ledger.update_return_order(code, state=RETURN_BOOKED, erp_return_order_id=booking.document.return_order_id)
-        self.log.info(
-            "Order %s: return order %s booked in the ERP as %s%s for units cancelled after e-invoicing (%s); "
-            "the ERP raises the credit note, which stays in the ERP (domain.md decision 6)",
-            stored["order_code"],
-            code,
-            booking.document.return_order_id,
-            " (already there)" if booking.replayed else "",
-            ", ".join(f"{line.sku} x{line.quantity}" for line in request.lines),
-        )
-        return code
+        ledger = self.ledger
+        booked: list[tuple[str, str]] = []
+        for stored in ready:
+            code = stored["return_order_code"]
+            request = ReturnOrderRequest.model_validate(stored["erp_request"])
+            try:
+                booking = self.erp.create_return_order(request, idempotency_key=keys.return_order(code))
+            except RemoteRejectedError as exc:
+                reason = f"ERP rejected return order {code}: {exc.code + ': ' if exc.code else ''}{exc.message}"
+                with ledger.transaction():
+                    for done_code, erp_id in booked:
+                        ledger.update_return_order(done_code, state=RETURN_BOOKED, erp_return_order_id=erp_id)
+                    ledger.update_return_order(code, state=RETURN_REJECTED)
+                    return self._dead_letter(posting, reason, outcome="rejected_by_erp")
+            booked.append((code, booking.document.return_order_id))
+            self.log.info(
+                "Order %s: return order %s booked in the ERP as %s%s for units cancelled after e-invoicing (%s); "
+                "the ERP raises the credit note, which stays in the ERP (domain.md decision 6)",
+                stored["order_code"],
+                code,
+                booking.document.return_order_id,
+                " (already there)" if booking.replayed else "",
+                ", ".join(f"{line.sku} x{line.quantity}" for line in request.lines),
+            )
+        with ledger.transaction():
+            for code, erp_id in booked:
+                ledger.update_return_order(code, state=RETURN_BOOKED, erp_return_order_id=erp_id)
+            return self._close(posting, order, decision, changed=True, booked=True)
 
-    def _dead_letter(self, posting: ClaimedPosting, reason: str, table: pd.DataFrame | None = None) -> str:
-        figures = table.reset_index().to_json(orient="records") if table is not None else None
-        self.ledger.record_dead_letter(
-            stage=STAGE_COMPLETION, reason=reason, message_id=posting.message_id, business_key=posting.order_code, payload=figures
+    def _dead_letter(self, posting: ClaimedPosting, reason: str, *, figures: str | None = None, outcome: str = DEAD_LETTER) -> str:
+        self.ledger.dead_letter_posting(
+            posting.message_id,
+            stage=STAGE_COMPLETION,
+            reason=reason,
+            business_key=posting.order_code,
+            payload=figures,
+            outcome=outcome,
+            batch_id=self.batch_id,
         )
-        self.ledger.finish_posting(posting.message_id, state=DEAD, outcome="dead_letter", error=reason)
         self.log.warning("Dead-lettered completion %s (order %s): %s", posting.message_id, posting.order_code, reason)
-        return "dead_letter"
+        return DEAD_LETTER if outcome == DEAD_LETTER else outcome
