@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from omni_erp.exceptions import RemoteRejectedError, RemoteUnavailableError
+from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
 from omni_erp.hooks.base import RetryPolicy
 from omni_erp.hooks.erp import ErpHook
 from omni_erp.hooks.omni import OmniHook
@@ -180,3 +180,22 @@ def test_backoff_grows_and_is_capped():
     assert 2 <= policy.backoff(10, None) <= 4
     assert policy.backoff(1, retry_after=3) == 3
     assert policy.backoff(1, retry_after=60) == 4
+
+
+def test_a_header_value_no_http_request_can_carry_is_refused_before_any_call(erp):
+    attempts = Recorder()
+    with pytest.raises(PayloadError, match="Idempotency-Key"):
+        ErpHook(on_attempt=attempts).create_sales_order(_order(), idempotency_key="create:FN1\r\nX-Injected: 1")
+    with pytest.raises(PayloadError, match="Idempotency-Key"):
+        ErpHook(on_attempt=attempts).create_sales_order(_order(), idempotency_key="create:FN\u202e1")
+    assert attempts == [] and erp.state()["sales_orders"] == []
+
+
+@pytest.mark.parametrize("prefix", ["../sales-orders/", "x/../"], ids=["dot-dot", "embedded-slash"])
+def test_a_sales_order_id_is_one_path_segment_whatever_it_holds(erp, prefix):
+    booked = ErpHook().create_sales_order(_order(), idempotency_key="create:FN0000000001").document
+    with pytest.raises(RemoteRejectedError) as refused:
+        ErpHook().cancel_sales_order(f"{prefix}{booked.sales_order_id}", idempotency_key="cancel:FN0000000001")
+    assert refused.value.status == 404
+    [order] = erp.state()["sales_orders"]
+    assert order["status"] == "BOOKED"  # the crafted id could not reach another order's cancel endpoint

@@ -6,8 +6,8 @@ from typing import Any
 
 from requests.auth import AuthBase
 
-from omni_erp import settings
-from omni_erp.hooks.base import AttemptObserver, RetryingJsonHook, RetryPolicy
+from omni_erp import keys, settings
+from omni_erp.hooks.base import AttemptObserver, ConnectionConfigError, RetryingJsonHook, RetryPolicy, is_header_safe
 from omni_erp.models.omni import B2BInvoice, CreditNote, OmniErrorBody
 
 B2B_INVOICE_ENDPOINT = "/ajio-vms/b2bInvoice/posting"
@@ -18,6 +18,8 @@ class IncreffHeaderAuth(AuthBase):
     """Increff authenticates with ``authUsername`` / ``authPassword`` headers (domain.md 4.2), not Basic auth."""
 
     def __init__(self, username: str, password: str | None) -> None:
+        if not (is_header_safe(username) and is_header_safe(password or "")):
+            raise ConnectionConfigError("Increff's authUsername/authPassword hold characters an HTTP header cannot carry")
         self.username = username
         self.password = password or ""
 
@@ -59,7 +61,7 @@ class OmniHook(RetryingJsonHook):
 
     def _extract_auth(self, connection: Any) -> Any:
         if not connection.login:
-            raise ValueError(f"connection {self.omni_conn_id!r} needs Increff's authUsername in 'login'")
+            raise ConnectionConfigError(f"connection {self.omni_conn_id!r} needs Increff's authUsername in 'login'")
         return IncreffHeaderAuth(connection.login, connection.password)
 
     def error_message(self, response: Any) -> tuple[str | None, str]:
@@ -70,21 +72,21 @@ class OmniHook(RetryingJsonHook):
         return body.code, " - ".join(p for p in (body.message, body.description) if p) or body.text()
 
     def post_b2b_invoice(self, invoice: B2BInvoice) -> None:
-        """Upload one B2B invoice; key = invoice number (re-sent unchanged on retries)."""
+        """Upload one B2B invoice; the log/ledger key names the invoice number (``keys.omni_invoice``)."""
         self.call(
             "POST",
             B2B_INVOICE_ENDPOINT,
             operation="post_b2b_invoice",
             json=invoice.to_json_dict(),
-            idempotency_key=f"invoice:{invoice.invoice_number}",
+            idempotency_key=keys.omni_invoice(invoice.invoice_number),
         )
 
     def post_credit_note(self, credit_note: CreditNote) -> None:
-        """Upload one credit note; key = credit note number."""
+        """Upload one credit note; the log/ledger key names the credit note number (``keys.omni_credit_note``)."""
         self.call(
             "POST",
             CREDIT_NOTE_ENDPOINT,
             operation="post_credit_note",
             json=credit_note.to_json_dict(),
-            idempotency_key=f"credit_note:{credit_note.credit_note_number}",
+            idempotency_key=keys.omni_credit_note(credit_note.credit_note_number),
         )
