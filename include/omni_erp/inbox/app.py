@@ -276,6 +276,11 @@ def _store(lazy_ledger: _LazyLedger, meta: dict[str, Any]) -> str:
     meta.update(_readable_keys(data))
     _check_storable(data)
     try:
+        settings.max_line_quantity()
+    except ValueError:  # a deployment error must not read to Omni as bad data (a 400 is never retried)
+        log.error("inbox: invalid setting; refusing all postings until it is fixed", exc_info=True)
+        raise _Rejected(503, "inbox is misconfigured; retry later", outcome="misconfigured", dead_letter=False) from None
+    try:
         posting = parse_posting(data)
     except ValidationError as exc:
         raise _Rejected(400, _describe_errors(exc.errors()), outcome="rejected") from None
@@ -307,9 +312,11 @@ def _store(lazy_ledger: _LazyLedger, meta: dict[str, Any]) -> str:
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:
-    """Strict JSON (RFC 8259): no NaN/Infinity, no duplicate keys, at most ``MAX_JSON_DEPTH`` levels, an object."""
+    """Strict JSON (RFC 8259): UTF-8 without BOM, no NaN/Infinity, no duplicate keys, at most ``MAX_JSON_DEPTH`` levels, an object."""
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
+        # Decoded here: json.loads would guess UTF-16/32 and skip a BOM, which Increff never sends.
+        text = raw.decode("utf-8")
+        data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
     except RecursionError:
         raise _Rejected(413, f"posting nested deeper than {MAX_JSON_DEPTH} levels", outcome="too_deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -377,7 +384,7 @@ def _readable_keys(data: dict[str, Any]) -> dict[str, str]:
     return {
         name: str(value)[: settings.MAX_STRING_LENGTH]
         for name, value in keys.items()
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != ""
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" and not _UNSTORABLE.search(str(value))
     }
 
 

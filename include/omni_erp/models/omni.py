@@ -113,7 +113,10 @@ def _message_id(value: Any) -> str:
 def _quantity(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PydanticCustomError("quantity", "must be a whole number (JSON integer), not {kind}", {"kind": _kind(value)})
-    ceiling = settings.max_line_quantity()
+    try:
+        ceiling = settings.max_line_quantity()
+    except ValueError as exc:  # a deployment error, not bad data: must not become a validation error
+        raise RuntimeError(str(exc)) from exc
     if not 0 <= value <= ceiling:
         raise PydanticCustomError("quantity", "must be between 0 and {ceiling}", {"ceiling": ceiling})
     return value
@@ -140,6 +143,7 @@ def _flag(value: Any) -> bool:
 
 Str = Annotated[str, Field(max_length=MAX_STRING_LENGTH), BeforeValidator(_safe_text)]
 RequiredStr = Annotated[str, Field(min_length=1, max_length=MAX_STRING_LENGTH), BeforeValidator(_safe_text)]
+StatusStr = Annotated[str, Field(max_length=32), BeforeValidator(_safe_text)]  # enum-like values the ledger keeps in 32
 MessageId = Annotated[str, PlainValidator(_message_id)]
 Quantity = Annotated[int, PlainValidator(_quantity)]
 Money = Annotated[Decimal, Field(ge=0, lt=MAX_MONEY, max_digits=14, decimal_places=4), BeforeValidator(_money)]
@@ -301,8 +305,7 @@ class ReturnItem(_Received):
 
     item_code: RequiredStr = Field(alias="itemCode")
     channel_sku_code: RequiredStr = Field(alias="channelSkuCode")
-    # PASS | FAIL; the ledger's manual-settlement list keeps at most 32 characters of it.
-    qc_status: Annotated[Str, Field(max_length=32)] | None = Field(None, alias="qcStatus")
+    qc_status: StatusStr | None = Field(None, alias="qcStatus")  # PASS | FAIL
     qc_reason: Str | None = Field(None, alias="qcReason")
     return_reason: Str | None = Field(None, alias="returnReason")
     selling_price_per_unit: Money = Field(Decimal(0), alias="sellingPricePerUnit")
