@@ -6,13 +6,15 @@
    document late or out of order), records each once in the ledger and matches it to its order:
    same Ajio PO, only the order's SKUs, no SKU above its booked quantity, total within one rupee.
    A matched invoice makes its order *invoiced* (IRN and acknowledgement time, which starts the
-   24-hour IRN cancellation window of F3). Unknown orders and mismatches are not uploaded: they are
-   recorded with the reason and dead-lettered; invoices of cancelled orders are not uploaded.
+   24-hour IRN cancellation window of F3). Unknown orders, mismatches, documents the ERP contract
+   does not allow and invoice numbers the ERP reused for another order are not uploaded: they are
+   dead-lettered with the reason and the task fails once, after reading the whole feed, so the run is
+   red; invoices of cancelled orders are not uploaded.
 2. **upload_invoices** - uploads each matched invoice once (invoice number, date in IST, Ajio PO,
    IRN, signed QR, partial-invoice flag and lines, PDF URL). Omni's 4xx marks the invoice
    `upload_failed` with Increff's code/message/description until someone fixes it and triggers a
    run with **retry_failed**; 5xx and timeouts are retried, and if Omni stays down the invoices wait
-   for the next run and this run fails so the outage is visible.
+   for the next run and this run fails so the outage is visible. It runs even when the fetch failed.
 3. **report_outcome** - logs every ERP document the run touched (always runs).
 
 Re-read the feed from an earlier point with **since_seq** (nothing is recorded or uploaded twice).
@@ -51,7 +53,10 @@ with DAG(
     deadline=conventions.sla("f2", minutes=15),
 ) as dag:
     fetch = ErpEInvoiceFetchOperator(task_id="fetch_einvoices", since_seq="{{ params.since_seq }}")
-    upload = OmniInvoiceUploadOperator(task_id="upload_invoices", retry_failed="{{ params.retry_failed }}")
+    # all_done: invoices already matched are uploaded even when the fetch failed (one bad document, an ERP outage).
+    upload = OmniInvoiceUploadOperator(
+        task_id="upload_invoices", retry_failed="{{ params.retry_failed }}", trigger_rule="all_done"
+    )
     report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
 
     fetch >> upload >> report

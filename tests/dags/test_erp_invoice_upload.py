@@ -8,8 +8,9 @@ import pytest
 
 from omni_erp.ledger import Ledger
 from omni_erp.sandbox.pusher import PostingPusher, generate_orders
-from omni_erp.states import DOC_INVOICE, DOC_UPLOADED, ORDER_INVOICED
+from omni_erp.states import DOC_INVOICE, DOC_READY, DOC_UPLOADED, ORDER_INVOICED
 from tests.conftest import INBOX_KEY
+from tests.flows import book, create_posting
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +62,32 @@ def test_booked_orders_are_uploaded_once_and_a_re_read_sends_nothing(erp, omni, 
     assert set(dag.xcom(again, "upload_invoices")) == {"batch_id"}
     assert sum(n for endpoint, n in omni.state()["request_counts"].items() if "b2bInvoice" in endpoint) == posts
     assert omni.state()["duplicates"] == {}
+
+
+def test_omni_down_for_a_whole_run_keeps_every_invoice_ready_fails_the_run_and_the_next_run_uploads_each_once(
+    erp, omni, ledger_path, run_dag
+):
+    ledger = Ledger.sqlite(ledger_path)
+    book(ledger, *(create_posting(n, f"FN00000000{n:02d}") for n in range(1, 5)))  # the real F1 operators
+    invoices = {i["invoiceNumber"] for i in _wait_for_invoices(erp, 4)}
+    omni.configure(error_rate=1.0)  # Omni answers 503 to every upload, retries included
+
+    dag = run_dag("erp_invoice_upload")
+    down = dag()
+
+    assert down.state == "failed"  # red, so the failure alert fires
+    tasks = {ti.task_id: ti.state for ti in down.get_task_instances()}
+    assert (tasks["fetch_einvoices"], tasks["upload_invoices"]) == ("success", "failed")
+    documents = ledger.documents(DOC_INVOICE)
+    assert {d["doc_number"] for d in documents} == invoices  # nothing lost ...
+    assert all(d["state"] == DOC_READY and "waiting for the next run" in d["reason"] for d in documents)  # ... all waiting
+    assert all(d["batch_id"] == f"erp_invoice_upload/{down.run_id}" for d in documents)  # the report lists them
+    assert omni.state()["invoices"] == []
+
+    omni.configure(error_rate=0.0)
+    up = dag()
+
+    assert up.state == "success"
+    assert dag.xcom(up, "upload_invoices") == {"batch_id": f"erp_invoice_upload/{up.run_id}", DOC_UPLOADED: 4}
+    received = [d["body"]["invoiceNumber"] for d in omni.state()["invoices"]]
+    assert sorted(received) == sorted(invoices) and omni.state()["duplicates"] == {}  # each exactly once

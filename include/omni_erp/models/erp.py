@@ -7,10 +7,11 @@ adding fields never breaks us.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, PrivateAttr, ValidationError, model_validator
 
 
 class _Request(BaseModel):
@@ -78,7 +79,50 @@ class EInvoice(_RegisteredDocument):
     status: str = "ACTIVE"
 
 
-class EInvoicePage(_Response):
+@dataclass(frozen=True)
+class UnreadableDocument:
+    """A feed item the contract does not allow, kept as the ERP sent it with what is wrong with it."""
+
+    raw: Any
+    problem: str
+
+    def get(self, alias: str) -> Any:
+        """A field of the raw item (None when absent or when the item is not an object)."""
+        return self.raw.get(alias) if isinstance(self.raw, dict) else None
+
+
+class _FeedPage(_Response):
+    """One page of a document feed. An item the contract does not allow is set aside in ``unreadable``
+    instead of failing the page: one bad document must not hide the others (or stop the feed for good)."""
+
+    item_model: ClassVar[type[_RegisteredDocument]]
+    _unreadable: list[UnreadableDocument] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _set_aside_unreadable_items(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        unreadable: list[UnreadableDocument] = []
+        if isinstance(data, dict) and isinstance(data.get("items"), list):
+            readable = []
+            for raw in data["items"]:
+                try:
+                    readable.append(cls.item_model.model_validate(raw))
+                except ValidationError as exc:
+                    problems = (f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors())
+                    unreadable.append(UnreadableDocument(raw, "; ".join(problems)[:1000]))
+            data = {**data, "items": readable}
+        page = handler(data)
+        page._unreadable = unreadable
+        return page
+
+    @property
+    def unreadable(self) -> list[UnreadableDocument]:
+        return self._unreadable
+
+
+class EInvoicePage(_FeedPage):
+    item_model = EInvoice
+
     items: list[EInvoice]
     next_cursor: int = Field(alias="nextCursor")
 
@@ -108,7 +152,9 @@ class ErpCreditNote(_RegisteredDocument):
     invoice_number: str = Field(alias="invoiceNumber")
 
 
-class CreditNotePage(_Response):
+class CreditNotePage(_FeedPage):
+    item_model = ErpCreditNote
+
     items: list[ErpCreditNote]
     next_cursor: int = Field(alias="nextCursor")
 

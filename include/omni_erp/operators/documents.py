@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from omni_erp.exceptions import RemoteRejectedError
+from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import ErpOperator
 from omni_erp.states import (
     DOC_CREDIT_NOTE,
+    DOC_INVALID,
     DOC_INVOICE,
     DOC_KEPT_IN_ERP,
     DOC_MISMATCH,
@@ -40,6 +42,9 @@ UPLOAD_PARTIAL_CANCEL_ENV = "OMNI_ERP_UPLOAD_PARTIAL_CANCEL_CREDIT_NOTES"
 SOP_KEPT_IN_ERP = "Ajio seller SOP: kept in the ERP, not uploaded"
 
 Classified = tuple[str, "str | None"]  # (document state, reason)
+NUMBER_MAX = 64  # erp_document.doc_number
+CONFLICT = "conflict"  # summary key: a known document number the ERP now lists for another document
+NOT_RECORDED = "not_recorded"  # summary key: nothing could be recorded, so the cursor stays before it
 
 
 def as_bool(value: Any) -> bool:
@@ -167,13 +172,85 @@ def match_credit_note(note: ErpCreditNote, return_order: dict[str, Any] | None, 
 # --- operators -------------------------------------------------------------------------------------
 
 
+def ledger_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` is not about one document and must fail the task: the ledger cannot be reached, or
+    Airflow stops the task (the same rule as ``process_each``)."""
+    from airflow.sdk.exceptions import AirflowException
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    if isinstance(exc, (OperationalError, PoolTimeoutError, AirflowException)):
+        return True
+    if isinstance(exc, InterfaceError):
+        # psycopg's InterfaceError means the connection is gone; sqlite3's means one value could not be bound.
+        return type(exc.orig).__module__ != "sqlite3"
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def printable(text: str) -> str:
+    """``text`` with the characters a person cannot see (or PostgreSQL cannot store, NUL) escaped, e.g. ``\\u202e``."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def usable_number(value: Any) -> str | None:
+    """The document number when it can key the ledger - a visible string of 1-64 characters - else None."""
+    if isinstance(value, str) and 0 < len(value) <= NUMBER_MAX and value.isprintable() and value.strip() == value:
+        return value
+    return None
+
+
+def _text(value: Any, limit: int = 255) -> str | None:
+    """A payload field fit for a ledger column, or None."""
+    return value if isinstance(value, str) and 0 < len(value) <= limit and value.isprintable() else None
+
+
+def _amount(value: Any) -> Decimal | str:
+    """An amount compared by value (``2240``, ``2240.0`` and ``"2240.00"`` are equal); anything else as text."""
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
+    return amount if amount.is_finite() else str(value)
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line about an exception: the driver's message for database errors (never the SQL and its parameters)."""
+    cause = getattr(exc, "orig", None) or exc
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    return printable(f"{type(cause).__name__}: {first_line}")[:300]
+
+
+def _json(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, default=str)
+
+
+class _Read(NamedTuple):
+    """What reading one feed document did."""
+
+    count: str | None = None  # summary key: its new state, "conflict", ... (None: nothing to count)
+    new: bool = False  # a document row was recorded (or an invalid one replaced)
+    problem: str | None = None  # a problem found for the first time: dead-lettered, and the task ends failed
+
+
 class _ErpDocumentFetchOperator(ErpOperator):
     """Read one ERP document feed into the ledger, once per document number, and match each document.
 
     The feed is read page by page from ``max(0, cursor - lookback)``: the ERP can publish a document
     after documents with a higher ``seq`` (contracts/erp_rest.yaml), so every run looks ``lookback``
-    sequence numbers behind its cursor; documents already in the ledger are skipped, so re-reading
-    never duplicates anything. The cursor moves forward only, to the highest ``seq`` recorded.
+    sequence numbers behind its cursor. A document number already in the ledger is a re-read when it
+    still names the same document (same order, IRN, amount, return order): nothing happens. When the ERP
+    lists a known number for another document (it reused a number: a restored backup, a reset series),
+    the second document is a conflict: dead-lettered with both documents named, never recorded or uploaded.
+
+    One document never stops the others: a document the contract does not allow, or that cannot be
+    matched (an unexpected error), is recorded as ``invalid`` with the reason and dead-lettered (only
+    dead-lettered when it has no usable number); an ``invalid`` document is matched again when a later
+    run re-reads it (``since_seq`` after a fix). The cursor moves forward only, to the highest ``seq``
+    recorded; it stays before a document for which nothing at all could be recorded, so the next run
+    reads it again. Everything found for the first time (new dead letters: unmatched, mismatches,
+    invalid documents, conflicts) fails the task after the whole feed was read, so the run is red and the
+    failure alert names them; seeing a known problem again is logged, not alerted again. A ledger outage
+    fails the task at once.
 
     :param erp_conn_id: connection of the ERP.
     :param since_seq: read from this sequence number instead of the stored cursor (templated; None or
@@ -186,6 +263,10 @@ class _ErpDocumentFetchOperator(ErpOperator):
     doc_type: ClassVar[str]
     cursor_name: ClassVar[str]
     stage: ClassVar[str]
+    label: ClassVar[str]  # in reasons and logs: "e-invoice", "credit note"
+    number_alias: ClassVar[str]  # the number's field in the ERP document
+    # (name in messages, field) of what makes a number mean one document: another value = another document.
+    identity_fields: ClassVar[tuple[tuple[str, str], ...]]
     template_fields = (*ErpOperator.template_fields, "since_seq")
 
     def __init__(
@@ -209,9 +290,16 @@ class _ErpDocumentFetchOperator(ErpOperator):
         """The document's number (its key in the ledger)."""
         raise NotImplementedError
 
-    def record(self, document: Any) -> str | None:
-        """Match a document that is not in the ledger yet and record it; return its state (None if it raced in)."""
+    def related_code(self, payload: dict[str, Any]) -> Any:
+        """What ``erp_document.related_code`` holds for a document (from its JSON)."""
         raise NotImplementedError
+
+    def match_and_record(self, document: Any, *, replace: bool) -> _Read:
+        """Match a readable document and record it (inside the caller's transaction; ``replace``: over an invalid row)."""
+        raise NotImplementedError
+
+    def extend_summary(self, summary: dict[str, Any]) -> None:
+        """Add flow-specific figures to the XCom summary (called after the feed was read, before failing)."""
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.lookback < 0 or self.page_size < 1:
@@ -220,45 +308,203 @@ class _ErpDocumentFetchOperator(ErpOperator):
         cursor = int(self.ledger.get_cursor(self.cursor_name, "0") or 0)
         since = override if override is not None else max(0, cursor - self.lookback)
         self.log.info("Reading %s feed from seq %d (cursor %d, lookback %d)", self.doc_type, since, cursor, self.lookback)
-        read = 0
-        states: Counter[str] = Counter()
+        read = new = 0
+        counts: Counter[str] = Counter()
+        problems: list[str] = []
+        ceiling: int | None = None  # the cursor stays below a document for which nothing could be recorded
         while True:
             try:
                 page = self.read_page(since)
             except RemoteRejectedError as exc:
                 # A 4xx on a read is configuration (token, URL), not data: retrying the task will not help.
                 raise AirflowFailException(f"the ERP refused to list {self.doc_type}s: {exc}") from exc
-            for document in page.items:
+            entries: list[Any] = [*page.items, *page.unreadable]
+            seqs: list[int] = []
+            for listed in entries:
                 read += 1
-                if self.ledger.get_document(self.doc_type, self.number(document)) is None:
-                    state = self.record(document)
-                    if state is not None:
-                        states[state] += 1
-            if page.items:
-                # Every document of the page is in the ledger now (recorded before or just now).
-                cursor = self.ledger.advance_cursor(self.cursor_name, max(d.seq for d in page.items))
-            if len(page.items) < self.page_size or page.next_cursor <= since:
+                entry, seq = _placed(listed, since, page.next_cursor)
+                seqs += [] if seq is None else [seq]
+                try:
+                    outcome = self._read_one(entry, seq)
+                except Exception as exc:
+                    if ledger_unavailable(exc):
+                        raise
+                    self.log.exception("Nothing could be recorded for the %s at seq %s; the cursor stays before it", self.label, seq)
+                    stop = since if seq is None else seq - 1
+                    ceiling = stop if ceiling is None else min(ceiling, stop)
+                    outcome = _Read(NOT_RECORDED, False, f"{self.label} at seq {seq}: nothing could be recorded ({_error_text(exc)})")
+                counts.update([outcome.count] if outcome.count else [])
+                new += outcome.new
+                if outcome.problem:
+                    problems.append(outcome.problem)
+            if seqs:
+                # Every document up to here is in the ledger now (recorded before or just now), or dead-lettered.
+                top = max(seqs) if ceiling is None else min(max(seqs), ceiling)
+                cursor = self.ledger.advance_cursor(self.cursor_name, top)
+            if len(entries) < self.page_size or page.next_cursor <= since:
                 break
             since = page.next_cursor
-        summary = {"batch_id": self.batch_id, "read": read, "new": sum(states.values()), "cursor": cursor}
-        summary.update({k: states[k] for k in sorted(states)})
+        summary: dict[str, Any] = {"batch_id": self.batch_id, "read": read, "new": new, "cursor": cursor}
+        summary.update({k: counts[k] for k in sorted(counts)})
+        self.extend_summary(summary)
         self.log.info("Read %s feed: %s", self.doc_type, summary)
+        if problems:
+            shown = " | ".join(p[:400] for p in problems[:5]) + (f" | and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise AirflowFailException(
+                f"{len(problems)} {self.label}(s) of the ERP feed need a person (dead-lettered, not uploaded): {shown}. "
+                f"Summary: {summary}"
+            )
         return summary
 
-    def _dead_letter(self, number: str, reason: str) -> None:
-        self.ledger.record_dead_letter(stage=self.stage, reason=reason, business_key=number)
-        self.log.warning("%s %s: %s", self.doc_type, number, reason)
+    def _read_one(self, entry: Any, seq: int | None) -> _Read:
+        """Record one feed document, or tell why not; raises only when nothing at all could be recorded."""
+        from omni_erp.models.erp import UnreadableDocument
+
+        if isinstance(entry, UnreadableDocument):
+            raw_number, payload, document = entry.get(self.number_alias), entry.raw, None
+            problem: str | None = f"the ERP's document breaks the contract: {entry.problem}"
+        else:
+            raw_number, document = self.number(entry), entry
+            payload, problem = entry.model_dump(mode="json", by_alias=True), None
+        number = usable_number(raw_number)
+        if number is None:
+            return self._dead_letter_without_number(raw_number, seq, payload, problem)
+        existing = self.ledger.get_document(self.doc_type, number)
+        if existing is not None and existing["state"] != DOC_INVALID:
+            return self._known(existing, number, payload)
+        if document is not None:
+            try:
+                with self.ledger.transaction():
+                    return self.match_and_record(document, replace=existing is not None)
+            except Exception as exc:
+                if ledger_unavailable(exc):
+                    raise
+                if not isinstance(exc, ValueError):  # PayloadError and bad dates say enough without a traceback
+                    self.log.exception("The %s %s could not be matched", self.label, printable(number))
+                problem = f"it could not be matched: {_error_text(exc)}"
+        return self._record_invalid(number, seq, payload, problem or "", existing)
+
+    def _known(self, existing: dict[str, Any], number: str, payload: Any) -> _Read:
+        """A number the ledger holds: a re-read when it names the same document, else a conflict."""
+        if self._identity(existing["payload"]) == self._identity(payload):
+            return _Read()
+        reason = printable(
+            f"{self.label} number {number} is already recorded for {self._describe(existing['payload'])} "
+            f"({existing['state']}); the ERP now lists it for {self._describe(payload)}. The ERP reused a document "
+            "number (a restored backup or a reset number series?): the second document is neither recorded nor "
+            "uploaded until the ERP gives it a number of its own"
+        )
+        if self.ledger.record_dead_letter(stage=self.stage, reason=reason, business_key=number, payload=_json(payload)):
+            self.log.error("%s", reason)
+            return _Read(CONFLICT, False, reason)
+        self.log.warning("%s number %s still conflicts (dead-lettered before): %s", self.label, number, reason)
+        return _Read(CONFLICT)
+
+    def _record_invalid(self, number: str, seq: int | None, payload: Any, problem: str, existing: dict[str, Any] | None) -> _Read:
+        """Record a document that cannot be used as ``invalid`` with the reason, and dead-letter it - both or neither."""
+        reason = printable(f"{self.label} {number} not uploaded: {problem}")[:2000]
+        fields = payload if isinstance(payload, dict) else {}
+        ledger = self.ledger
+        with ledger.transaction():
+            if existing is None:
+                recorded = ledger.record_document(
+                    doc_type=self.doc_type,
+                    doc_number=number,
+                    order_code=_text(fields.get("orderCode")),
+                    related_code=_text(self.related_code(fields)),
+                    seq=seq,
+                    payload=payload,
+                    state=DOC_INVALID,
+                    reason=reason,
+                    batch_id=self.batch_id,
+                )
+            else:
+                recorded = False
+                if (existing["reason"], existing["payload"]) != (reason, payload):
+                    ledger.update_document(
+                        self.doc_type, number, payload=_json(payload), reason=reason, seq=seq, batch_id=self.batch_id
+                    )
+            dead = ledger.record_dead_letter(stage=self.stage, reason=reason, business_key=number, payload=_json(payload))
+        if dead:
+            self.log.error("%s", reason)
+        return _Read(DOC_INVALID if recorded else None, recorded, reason if dead else None)
+
+    def _dead_letter_without_number(self, raw_number: Any, seq: int | None, payload: Any, problem: str | None) -> _Read:
+        """A document without a number the ledger can key: the dead letter (with the document) is its record."""
+        shown = "none" if raw_number is None else printable(repr(raw_number))[:80]
+        why = [f"its number {shown} cannot key the ledger (a visible string of 1-{NUMBER_MAX} characters is needed)"]
+        reason = printable("; ".join([f"{self.label} at seq {seq} not recorded", *why, *([problem] if problem else [])]))
+        business_key = None if raw_number is None else printable(str(raw_number))[:255]
+        if self.ledger.record_dead_letter(stage=self.stage, reason=reason[:2000], business_key=business_key, payload=_json(payload)):
+            self.log.error("%s", reason)
+            return _Read(DOC_INVALID, False, reason)
+        return _Read()
+
+    def _store(self, document: Any, state: str, reason: str | None, *, related_code: str | None, replace: bool) -> bool:
+        """Write the matched document's row (a new one, or over its invalid row); False when another run recorded it first."""
+        number = self.number(document)
+        payload = document.model_dump(mode="json", by_alias=True)
+        values = dict(
+            order_code=document.order_code,
+            related_code=related_code,
+            seq=document.seq,
+            state=state,
+            reason=printable(reason) if reason else None,
+            batch_id=self.batch_id,
+        )
+        if replace:
+            self.ledger.update_document(self.doc_type, number, payload=_json(payload), **values)
+            return True
+        return self.ledger.record_document(doc_type=self.doc_type, doc_number=number, payload=payload, **values)
+
+    def _refused(self, number: str, state: str, reason: str | None) -> _Read:
+        """The outcome of a recorded document; unmatched and mismatched ones are dead-lettered (same transaction)."""
+        if state not in (DOC_UNMATCHED, DOC_MISMATCH):
+            return _Read(state, True)
+        text = printable(f"{self.label} {number} not uploaded: {reason}")
+        if self.ledger.record_dead_letter(stage=self.stage, reason=text, business_key=number):
+            self.log.warning("%s", text)
+            return _Read(state, True, text)
+        return _Read(state, True)
+
+    def _identity(self, payload: Any) -> tuple[Any, ...]:
+        fields = payload if isinstance(payload, dict) else {}
+        return tuple(_amount(fields.get(key)) if key == "totalValue" else fields.get(key) for _, key in self.identity_fields)
+
+    def _describe(self, payload: Any) -> str:
+        fields = payload if isinstance(payload, dict) else {}
+        return ", ".join(f"{name} {fields.get(key)}" for name, key in self.identity_fields)
+
+
+def _placed(entry: Any, since: int, next_cursor: int) -> tuple[Any, int | None]:
+    """The entry and its feed position, which must lie within the page, ``(since, nextCursor]``.
+
+    A position outside it is the ERP contradicting itself: it never moves the cursor (a wild ``seq`` would
+    make every later run skip real documents), and a readable document claiming one is treated as unreadable.
+    """
+    from omni_erp.models.erp import UnreadableDocument
+
+    unreadable = isinstance(entry, UnreadableDocument)
+    seq = entry.get("seq") if unreadable else entry.seq
+    if isinstance(seq, int) and not isinstance(seq, bool) and since < seq <= next_cursor:
+        return entry, seq
+    if unreadable:
+        return entry, None
+    problem = f"seq {seq} lies outside the page it was listed on ({since}, {next_cursor}]"
+    return UnreadableDocument(entry.model_dump(mode="json", by_alias=True), problem), None
 
 
 class ErpEInvoiceFetchOperator(_ErpDocumentFetchOperator):
     """Record the ERP's new e-invoices and match each to its order (F2).
 
     A matched invoice is ready to upload and its order becomes invoiced with the e-invoice number, IRN
-    and ``invoiced_at`` = the IRN acknowledgement time (F3's 24-hour window starts there, domain.md 6).
-    Unknown orders and mismatches are recorded with the reason and dead-lettered; invoices of orders
-    cancelled in Omni are recorded and not uploaded. Orders booked longer than ``overdue_after_minutes``
-    without an e-invoice are named in a warning (picking waits for the invoice).
-    XCom: ``{batch_id, read, new, cursor, <state>: n}`` plus ``overdue_einvoices`` when there are any.
+    and ``invoiced_at`` = the IRN acknowledgement time (F3's 24-hour window starts there, domain.md 6),
+    in one transaction with the invoice's row. Unknown orders and mismatches are recorded with the
+    reason and dead-lettered; invoices of orders cancelled in Omni are recorded and not uploaded. A known
+    invoice number for another order, IRN or amount is a conflict (see the base class). Orders booked
+    longer than ``overdue_after_minutes`` without an e-invoice are named in a warning (picking waits for
+    the invoice).
+    XCom: ``{batch_id, read, new, cursor, <state>: n, conflict: n}`` plus ``overdue_einvoices`` when there are any.
 
     :param overdue_after_minutes: how long after booking a missing e-invoice is worth a warning.
     """
@@ -266,16 +512,17 @@ class ErpEInvoiceFetchOperator(_ErpDocumentFetchOperator):
     doc_type = DOC_INVOICE
     cursor_name = "erp_einvoice_seq"
     stage = STAGE_INVOICE_UPLOAD
+    label = "e-invoice"
+    number_alias = "invoiceNumber"
+    identity_fields = (("order", "orderCode"), ("IRN", "irn"), ("total", "totalValue"))
 
     def __init__(self, *, overdue_after_minutes: int = 60, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.overdue_after_minutes = overdue_after_minutes
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        summary = super().execute(context)
+    def extend_summary(self, summary: dict[str, Any]) -> None:
         if overdue := self._report_overdue():
             summary["overdue_einvoices"] = overdue
-        return summary
 
     def _report_overdue(self) -> int:
         """Warn about orders booked long ago with no e-invoice yet: the warehouse cannot pick them (domain.md 1)."""
@@ -302,52 +549,55 @@ class ErpEInvoiceFetchOperator(_ErpDocumentFetchOperator):
     def number(self, document: EInvoice) -> str:
         return document.invoice_number
 
-    def record(self, document: EInvoice) -> str | None:
+    def related_code(self, payload: dict[str, Any]) -> Any:
+        return payload.get("salesOrderId")
+
+    def match_and_record(self, document: EInvoice, *, replace: bool) -> _Read:
         from omni_erp.timeutil import parse_datetime
 
         ledger = self.ledger
         order = ledger.get_order(document.order_code)
         state, reason = match_invoice(document, order)
+        invoiced_at = None
+        if state == DOC_READY:
+            # Checked before anything is written: F3's 24-hour window needs the acknowledgement time.
+            invoiced_at = parse_datetime(document.ack_date)
+            if invoiced_at is None:
+                raise PayloadError("the e-invoice has no ackDate (IRN acknowledgement time)")
+        if not self._store(document, state, reason, related_code=document.sales_order_id, replace=replace):
+            return _Read()  # another run recorded it a moment ago
         if state == DOC_READY:
             assert order is not None
-            # The order first: if the worker dies before the document row is written, the re-read
-            # finds the order invoiced with this very number and matches it again.
             ledger.update_order(
                 order["order_code"],
                 state=ORDER_INVOICED,
                 erp_sales_order_id=document.sales_order_id,
                 erp_invoice_number=document.invoice_number,
                 irn=document.irn,
-                invoiced_at=parse_datetime(document.ack_date),
+                invoiced_at=invoiced_at,
             )
-        new = ledger.record_document(
-            doc_type=DOC_INVOICE,
-            doc_number=document.invoice_number,
-            order_code=document.order_code,
-            related_code=document.sales_order_id,
-            seq=document.seq,
-            payload=document.model_dump(mode="json", by_alias=True),
-            state=state,
-            reason=reason,
-            batch_id=self.batch_id,
-        )
-        if new and state in (DOC_UNMATCHED, DOC_MISMATCH):
-            self._dead_letter(document.invoice_number, f"e-invoice {document.invoice_number} not uploaded: {reason}")
-        return state if new else None
+        return self._refused(document.invoice_number, state, reason)
 
 
 class ErpCreditNoteFetchOperator(_ErpDocumentFetchOperator):
     """Record the ERP's new credit notes and classify each by its return order (F6).
 
-    Customer returns and RTOs -> ready to upload (the return order gets the credit note number);
-    partial cancellations after e-invoicing -> kept in the ERP unless ``$OMNI_ERP_UPLOAD_PARTIAL_CANCEL_CREDIT_NOTES``
-    is true; full credit notes without return order (F3) -> kept in the ERP (Ajio seller SOP); unknown
-    return orders -> unmatched and dead-lettered. XCom: ``{batch_id, read, new, cursor, <state>: n}``.
+    Customer returns and RTOs -> ready to upload (the return order gets the credit note number, in one
+    transaction with the credit note's row); partial cancellations after e-invoicing -> kept in the ERP
+    unless ``$OMNI_ERP_UPLOAD_PARTIAL_CANCEL_CREDIT_NOTES`` is true; full credit notes without return
+    order (F3) -> kept in the ERP (Ajio seller SOP); unknown return orders -> unmatched and dead-lettered.
+    A known credit note number for another order, return order, IRN or amount is a conflict (see the base
+    class). XCom: ``{batch_id, read, new, cursor, <state>: n, conflict: n}``.
     """
 
     doc_type = DOC_CREDIT_NOTE
     cursor_name = "erp_credit_note_seq"
     stage = STAGE_CREDIT_NOTE_UPLOAD
+    label = "credit note"
+    number_alias = "creditNoteNumber"
+    identity_fields = (
+        ("order", "orderCode"), ("return order", "returnOrderCode"), ("IRN", "irn"), ("total", "totalValue")
+    )
 
     def read_page(self, since: int) -> CreditNotePage:
         return self.erp.credit_notes_since(since, limit=self.page_size)
@@ -355,26 +605,18 @@ class ErpCreditNoteFetchOperator(_ErpDocumentFetchOperator):
     def number(self, document: ErpCreditNote) -> str:
         return document.credit_note_number
 
-    def record(self, document: ErpCreditNote) -> str | None:
+    def related_code(self, payload: dict[str, Any]) -> Any:
+        return payload.get("returnOrderCode") or payload.get("invoiceNumber")
+
+    def match_and_record(self, document: ErpCreditNote, *, replace: bool) -> _Read:
         ledger = self.ledger
         code = document.return_order_code
         return_order = ledger.get_return_order(code) if code else None
         state, reason = match_credit_note(
             document, return_order, upload_partial_cancel=upload_partial_cancel_credit_notes()
         )
+        if not self._store(document, state, reason, related_code=code or document.invoice_number, replace=replace):
+            return _Read()  # another run recorded it a moment ago
         if return_order is not None and state in (DOC_READY, DOC_KEPT_IN_ERP):
             ledger.update_return_order(return_order["return_order_code"], credit_note_number=document.credit_note_number)
-        new = ledger.record_document(
-            doc_type=DOC_CREDIT_NOTE,
-            doc_number=document.credit_note_number,
-            order_code=document.order_code,
-            related_code=code or document.invoice_number,
-            seq=document.seq,
-            payload=document.model_dump(mode="json", by_alias=True),
-            state=state,
-            reason=reason,
-            batch_id=self.batch_id,
-        )
-        if new and state in (DOC_UNMATCHED, DOC_MISMATCH):
-            self._dead_letter(document.credit_note_number, f"credit note {document.credit_note_number} not uploaded: {reason}")
-        return state if new else None
+        return self._refused(document.credit_note_number, state, reason)

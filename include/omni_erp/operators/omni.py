@@ -36,11 +36,15 @@ class _OmniDocumentUploadOperator(ErpOperator):
     """Upload every ready document of one type to Omni, once per document number.
 
     The state is checked right before each call, so a retried task or a re-run sends nothing that
-    was already uploaded. Omni's 4xx marks the document failed with Increff's ``code``, ``message`` and
-    ``description`` and dead-letters it; it stays failed until someone fixes the cause and re-triggers
+    was already uploaded. Omni's 4xx, or a body that cannot be built from the document, marks the
+    document failed with the reason (Increff's ``code``, ``message`` and ``description``) and
+    dead-letters it, in one transaction; it stays failed until someone fixes the cause and re-triggers
     with ``retry_failed``. 5xx and timeouts are retried by the hook; if Omni stays down the documents
-    stay ready for the next run, calls stop after ``max_consecutive_unavailable`` failures in a row and
-    the task fails so the outage is visible.
+    stay ready for the next run, calls stop after ``max_consecutive_unavailable`` failures in a row.
+    Any other error is isolated to its document (``process_each``): the document stays ready with the
+    error as its reason and is tried again by the next run, and after ``OMNI_ERP_MAX_ITEM_ATTEMPTS``
+    attempts it is marked failed and dead-lettered. The task ends failed whenever any document of the
+    run was deferred or failed, so the run is red; the report step lists them.
 
     :param omni_conn_id: connection of Omni's ajio-vms endpoints.
     :param erp_conn_id: connection of the ERP (only used to download PDFs with ``document="pdf"``).
@@ -93,6 +97,8 @@ class _OmniDocumentUploadOperator(ErpOperator):
             [d["doc_number"] for d in self.ledger.documents(self.doc_type, states=states)],
             lambda number: self._upload_one(number, states),
             defer=self._defer,
+            give_up=self._fail,
+            attempts=self._earlier_attempts,
             max_consecutive_unavailable=self.max_consecutive_unavailable,
         )
 
@@ -105,6 +111,10 @@ class _OmniDocumentUploadOperator(ErpOperator):
             ledger.update_document(self.doc_type, number, state=DOC_SKIPPED, reason=reason, batch_id=self.batch_id)
             self.log.info("%s %s not uploaded: %s", self.label, number, reason)
             return DOC_SKIPPED
+        # Counted before the body is built, so a document that keeps failing in any step reaches the bound.
+        ledger.update_document(
+            self.doc_type, number, upload_attempts=document["upload_attempts"] + 1, batch_id=self.batch_id
+        )
         try:
             pdf = self._pdf(document) if self.document == "pdf" else None
             body = self.build(document, pdf)
@@ -112,9 +122,6 @@ class _OmniDocumentUploadOperator(ErpOperator):
             return self._fail(number, f"PDF download from the ERP refused (HTTP {exc.status}): {exc.message}")
         except (PayloadError, ValueError) as exc:
             return self._fail(number, f"cannot build the {self.label}: {exc}")
-        ledger.update_document(
-            self.doc_type, number, upload_attempts=document["upload_attempts"] + 1, batch_id=self.batch_id
-        )
         try:
             self.send(body)
         except RemoteRejectedError as exc:
@@ -135,11 +142,17 @@ class _OmniDocumentUploadOperator(ErpOperator):
         return base64.b64encode(self.erp.download_pdf(url, key=f"pdf:{document['doc_number']}")).decode("ascii")
 
     def _fail(self, number: str, reason: str) -> str:
-        """Mark the document failed until a person re-triggers it, and dead-letter it."""
-        self.ledger.update_document(self.doc_type, number, state=DOC_UPLOAD_FAILED, reason=reason, batch_id=self.batch_id)
-        self.ledger.record_dead_letter(stage=self.stage, reason=f"{self.label} {number}: {reason}", business_key=number)
+        """Mark the document failed until a person re-triggers it, and dead-letter it - both or neither."""
+        with self.ledger.transaction():
+            self.ledger.update_document(self.doc_type, number, state=DOC_UPLOAD_FAILED, reason=reason, batch_id=self.batch_id)
+            self.ledger.record_dead_letter(stage=self.stage, reason=f"{self.label} {number}: {reason}", business_key=number)
         self.log.error("%s %s: %s", self.label, number, reason)
         return DOC_UPLOAD_FAILED
+
+    def _earlier_attempts(self, number: str) -> int:
+        """Failed attempts before the current one (``_upload_one`` counted the current one before it failed)."""
+        document = self.ledger.get_document(self.doc_type, number)
+        return max(0, (document["upload_attempts"] if document else 0) - 1)
 
     def _defer(self, number: str, reason: str) -> None:
         """Keep the document ready (a re-triggered failed one too), so the next run tries again, and say why."""
@@ -154,7 +167,8 @@ class OmniInvoiceUploadOperator(_OmniDocumentUploadOperator):
     ``forwardPurchaseOrder`` is the order's Ajio PO; ``isPartialInvoice`` is true when fewer units were
     invoiced than the PO ordered, and then ``invoiceLineEntries`` list the invoiced units per
     ``channelSkuCode``. An invoice whose order was cancelled after matching (F3) is not uploaded.
-    XCom: ``{batch_id, uploaded, upload_failed, not_uploaded_order_cancelled, deferred, skipped}`` (counts > 0 only).
+    XCom: ``{batch_id, uploaded, not_uploaded_order_cancelled, skipped}`` (counts > 0 only); when any invoice
+    was deferred, failed or dead-lettered the task fails instead, naming the counts.
     """
 
     doc_type = DOC_INVOICE
@@ -175,7 +189,8 @@ class OmniInvoiceUploadOperator(_OmniDocumentUploadOperator):
         po_units = sum(int(line["ordered"]) for line in order["lines"])
         partial = sum(invoiced.values()) < po_units
         invoice_date = parse_datetime(invoice.invoice_date)
-        assert invoice_date is not None
+        if invoice_date is None:
+            raise PayloadError("the e-invoice has no invoiceDate")
         return B2BInvoice(
             invoiceNumber=invoice.invoice_number,
             invoiceDate=to_omni(invoice_date),
@@ -205,7 +220,8 @@ class OmniInvoiceUploadOperator(_OmniDocumentUploadOperator):
 class OmniCreditNoteUploadOperator(_OmniDocumentUploadOperator):
     """Upload ready credit notes to Omni (F6, domain.md 3.3); ``returnOrderId`` is the return order code (decision 7).
 
-    XCom: ``{batch_id, uploaded, upload_failed, deferred, skipped}`` (counts present only when > 0).
+    XCom: ``{batch_id, uploaded, skipped}`` (counts present only when > 0); when any credit note was deferred,
+    failed or dead-lettered the task fails instead, naming the counts.
     """
 
     doc_type = DOC_CREDIT_NOTE
@@ -220,7 +236,8 @@ class OmniCreditNoteUploadOperator(_OmniDocumentUploadOperator):
         if not note.return_order_code:
             raise PayloadError("a credit note without return order is never uploaded (Ajio seller SOP)")
         ack_date = parse_datetime(note.ack_date)
-        assert ack_date is not None
+        if ack_date is None:
+            raise PayloadError("the credit note has no ackDate")
         return CreditNote(
             creditNoteNumber=note.credit_note_number,
             returnOrderId=note.return_order_code,

@@ -42,6 +42,8 @@ class ErpSandboxConfig(FaultConfig):
     once a code is removed its e-invoice follows after ``invoice_delay_s``. ``feed_hold``: order codes whose
     e-invoices and credit notes are generated (their ``seq`` is taken) but left out of the GET feeds until
     the code is removed, so they appear after documents with a higher ``seq`` - an ERP publishing out of order.
+    ``feed_override``: per order code, fields replaced (or, with ``null``, removed) in that order's documents as
+    the GET feeds list them - a broken or hostile ERP document; the stored document is unchanged.
     """
 
     invoice_delay_s: float = Field(0.2, ge=0.0, le=3600.0)
@@ -50,6 +52,7 @@ class ErpSandboxConfig(FaultConfig):
     credit_note_prefix: str = "RC2627/"
     invoice_hold: list[OrderCode] = Field(default_factory=list, max_length=10_000)
     feed_hold: list[OrderCode] = Field(default_factory=list, max_length=10_000)
+    feed_override: dict[OrderCode, dict[str, Any]] = Field(default_factory=dict, max_length=10_000)
 
     @field_validator("invoice_prefix", "credit_note_prefix")
     @classmethod
@@ -430,7 +433,7 @@ def create_erp_sandbox(
         since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)
     ) -> dict[str, Any]:
         with state.lock:
-            return _page(state.invoices.values(), since, limit, hidden=set(cfg().feed_hold))
+            return _page(state.invoices.values(), since, limit, hidden=set(cfg().feed_hold), override=cfg().feed_override)
 
     @api.post("/e-invoices/cancel-irn")
     async def cancel_irn(request: Request) -> dict[str, Any]:
@@ -547,7 +550,7 @@ def create_erp_sandbox(
         since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)
     ) -> dict[str, Any]:
         with state.lock:
-            return _page(state.credit_notes.values(), since, limit, hidden=set(cfg().feed_hold))
+            return _page(state.credit_notes.values(), since, limit, hidden=set(cfg().feed_hold), override=cfg().feed_override)
 
     app.include_router(api)
 
@@ -604,11 +607,29 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-def _page(documents: Iterable[dict[str, Any]], since: int, limit: int, *, hidden: set[str]) -> dict[str, Any]:
-    """Documents after ``since`` in ``seq`` order, leaving out those of orders in ``feed_hold`` (``hidden``)."""
+def _page(
+    documents: Iterable[dict[str, Any]],
+    since: int,
+    limit: int,
+    *,
+    hidden: set[str],
+    override: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Documents after ``since`` in ``seq`` order, leaving out those of orders in ``feed_hold`` (``hidden``)
+    and with the fields of ``feed_override`` (``override``) replaced as listed."""
     visible = (d for d in documents if d["seq"] > since and d["orderCode"] not in hidden)
     items = sorted(visible, key=lambda d: d["seq"])[:limit]
-    return {"items": [_public(d) for d in items], "nextCursor": items[-1]["seq"] if items else since}
+    return {
+        "items": [_overridden(_public(d), (override or {}).get(d["orderCode"])) for d in items],
+        "nextCursor": items[-1]["seq"] if items else since,
+    }
+
+
+def _overridden(document: dict[str, Any], fields: dict[str, Any] | None) -> dict[str, Any]:
+    if not fields:
+        return document
+    changed = {**document, **fields}
+    return {k: v for k, v in changed.items() if not (k in fields and fields[k] is None)}
 
 
 def _render(status: int, code: str, message: str, description: str | None) -> dict[str, Any]:
