@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omni_erp.ledger import Ledger
 from omni_erp.operators.cancellation import ErpOrderCancelOperator, cancellation_route
@@ -30,6 +32,7 @@ from omni_erp.states import (
     ORDER_CANCELLED,
     ORDER_COMPLETED,
     ORDER_INVOICED,
+    ORDER_PARTIALLY_SHIPPED,
     ORDER_READY,
     PENDING,
 )
@@ -52,6 +55,10 @@ from tests.flows import (
 )
 
 BATCH = "omni_order_cancellation/manual__test"
+KNOWN_ORDER_STATES = {
+    ORDER_READY, ORDER_BOOKED, ORDER_INVOICED, ORDER_CANCELLED, ORDER_COMPLETED, ORDER_PARTIALLY_SHIPPED,
+    "completed_with_return", "nothing_to_invoice", "rejected_by_erp",
+}
 
 
 # --- local helpers ------------------------------------------------------------------------------------
@@ -98,7 +105,28 @@ def test_route_at_the_exact_24_hour_boundary():
     assert route(None, acked) == route(_order(ORDER_READY), acked) == CANCEL_NOT_BOOKED
     assert route(_order(ORDER_BOOKED), acked) == CANCEL_SALES_ORDER
     assert route(_order(ORDER_CANCELLED, None, CANCEL_SALES_ORDER), acked) == "already_cancelled"
-    assert route(_order(ORDER_COMPLETED), acked) == "order_closed"
+    assert route(_order(ORDER_COMPLETED), acked) == route(_order(ORDER_PARTIALLY_SHIPPED), acked) == "order_closed"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    age=st.timedeltas(min_value=timedelta(hours=-1), max_value=timedelta(days=3)),
+    window_hours=st.integers(1, 48),
+    recorded=st.sampled_from([None, CANCEL_IRN, CANCEL_CREDIT_NOTE]),
+)
+def test_property_an_invoiced_order_is_irn_cancelled_inside_the_window_and_credited_after_it(age, window_hours, recorded):
+    acked = datetime(2026, 11, 20, 5, 30, tzinfo=UTC)
+    window = timedelta(hours=window_hours)
+    route = cancellation_route(_order(ORDER_INVOICED, acked, recorded), at=acked + age, irn_window=window)
+    # A route already started is finished whatever the clock says now; otherwise the IRN's age decides.
+    assert route == (recorded or (CANCEL_IRN if age < window else CANCEL_CREDIT_NOTE))
+
+
+@settings(max_examples=50, deadline=None)
+@given(state=st.text(min_size=1, max_size=40).filter(lambda s: s not in KNOWN_ORDER_STATES))
+def test_property_an_order_state_the_flow_does_not_know_is_a_clear_error_never_a_guess(state):
+    with pytest.raises(ValueError, match="which cancellation does not handle"):
+        cancellation_route(_order(state), at=datetime.now(UTC), irn_window=DAY)
 
 
 # --- not booked: nothing is called ------------------------------------------------------------------
@@ -312,9 +340,78 @@ def test_cancelling_a_completed_order_is_dead_lettered_without_calling_the_erp(e
     ErpOrderCompleteOperator(task_id="f4", batch_id="setup/f4").execute(context={})
     assert ledger.get_order(code)["state"] == ORDER_COMPLETED
 
-    assert _cancel(ledger, cancel_posting(create, 3)) == {"batch_id": BATCH, "dead_letter": 1}
+    with pytest.raises(AirflowFailException, match=r"1 item\(s\) dead-lettered"):
+        _cancel(ledger, cancel_posting(create, 3))
     [dead] = ledger.dead_letters("order_cancellation")
     assert dead["message_id"] == "3" and "after packing" in dead["reason"]
     assert ledger.postings(CANCEL)[0]["state"] == DEAD
     assert erp_writes(erp) == {CANCEL_SO: 0, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 0}
     assert ledger.get_order(code)["state"] == ORDER_COMPLETED
+
+
+def test_cancelling_a_partially_shipped_order_needs_a_person(erp, ledger):
+    """A split shipment whose first part left: Ajio cannot cancel it any more, and the ERP is not touched."""
+    from omni_erp.operators.completion import ErpOrderCompleteOperator
+    from omni_erp.sandbox.lifecycle import complete_posting
+
+    code = "FN0000000001"
+    create, _ = _invoiced(ledger, erp, code, 1)
+    first = complete_posting(create, 2, split_shipments=True)
+    first["shipments"] = first["shipments"][:1]
+    store(ledger, first)
+    OmniInboxClaimOperator(task_id="c", batch_id="setup/f4", event_types=["OUTWARD_ORDER_COMPLETE"]).execute(context={})
+    ErpOrderCompleteOperator(task_id="f4", batch_id="setup/f4").execute(context={})
+    assert ledger.get_order(code)["state"] == ORDER_PARTIALLY_SHIPPED
+
+    with pytest.raises(AirflowFailException, match=r"1 item\(s\) dead-lettered"):
+        _cancel(ledger, cancel_posting(create, 3))
+    [dead] = ledger.dead_letters("order_cancellation")
+    assert "partially_shipped" in dead["reason"] and "needs a person" in dead["reason"]
+    assert erp_writes(erp) == {CANCEL_SO: 0, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 0}
+
+
+# --- one bad posting never stops the batch; each state change is one transaction --------------------
+
+
+def test_a_cancellation_for_an_order_in_an_impossible_state_does_not_stop_the_others(erp, ledger):
+    codes = [f"FN000000000{n}" for n in (1, 2, 3)]
+    creates = [create_posting(n, code) for n, code in enumerate(codes, start=1)]
+    erp.configure(invoice_hold=codes)
+    book(ledger, *creates)
+    ledger.update_order(codes[1], state="on_hold_by_ops")  # written by hand, or by a release this one does not know
+    unseen = create_posting(9, "FN0000000009")
+
+    with pytest.raises(AirflowFailException, match=r"1 item\(s\) dead-lettered") as failure:
+        _cancel(ledger, *[cancel_posting(c, 10 + n) for n, c in enumerate([*creates, unseen])])
+    assert f"'{CANCEL_SALES_ORDER}': 2" in str(failure.value) and f"'{CANCEL_NOT_BOOKED}': 1" in str(failure.value)
+    states = {code: ledger.get_order(code)["state"] for code in [*codes, "FN0000000009"]}
+    assert states == {codes[0]: ORDER_CANCELLED, codes[1]: "on_hold_by_ops", codes[2]: ORDER_CANCELLED, "FN0000000009": ORDER_CANCELLED}
+    [dead] = ledger.dead_letters("order_cancellation")
+    assert dead["message_id"] == "11" and "'on_hold_by_ops', which cancellation does not handle" in dead["reason"]
+    assert {p["message_id"]: p["state"] for p in ledger.postings(CANCEL)} == {"10": DONE, "11": DEAD, "12": DONE, "13": DONE}
+    assert erp_writes(erp) == {CANCEL_SO: 2, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 0}
+
+
+def test_a_crash_between_registering_the_order_and_finishing_the_posting_leaves_nothing_half_recorded(erp, ledger, monkeypatch):
+    """The cancel-before-create route writes three things; a failure before the last rolls back all of them."""
+    create = create_posting(1, "FN0000000001")
+    real_finish = Ledger.finish_posting
+    crashes = iter([True])
+
+    def finish_then_crash(self, *args, **kwargs):
+        if next(crashes, False):
+            raise RuntimeError("worker lost between two ledger writes")
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "finish_posting", finish_then_crash)
+    with pytest.raises(AirflowFailException, match=r"1 item\(s\) deferred"):
+        _cancel(ledger, cancel_posting(create, 2))
+    assert ledger.get_order("FN0000000001") is None  # not registered as cancelled without its route
+    [row] = ledger.postings(CANCEL)
+    assert row["state"] == PENDING and "worker lost" in row["last_error"]
+
+    later = "omni_order_cancellation/manual__after-crash"
+    OmniInboxClaimOperator(task_id="c", batch_id=later, event_types=[CANCEL]).execute(context={})
+    assert ErpOrderCancelOperator(task_id="t", batch_id=later).execute(context={}) == {"batch_id": later, CANCEL_NOT_BOOKED: 1}
+    order = ledger.get_order("FN0000000001")
+    assert (order["state"], order["cancel_route"]) == (ORDER_CANCELLED, CANCEL_NOT_BOOKED)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omni_erp.exceptions import PayloadError
 from omni_erp.ledger import Ledger
@@ -17,13 +19,16 @@ from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMap
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator, plan_return
 from omni_erp.sandbox.lifecycle import return_posting
-from omni_erp.states import DEAD, DONE, ORDER_INVOICED, PENDING
+from omni_erp.states import DEAD, DONE, ORDER_INVOICED, PENDING, RETURN_BOOKED
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RETURN = "RETURN_ORDER_COMPLETE"
 BATCH = "omni_return_credit_note/manual__test"
 SKU_A, SKU_B = "460491724004", "460491724011"  # 1120.00 and 3299.00 in the CREATE fixture
-ZERO = {"booked": 0, "already_booked": 0, "manual_settlement_only": 0, "manual_units": 0, "dead_letter": 0, "deferred": 0}
+ZERO = {
+    "booked": 0, "already_booked": 0, "manual_settlement_only": 0, "manual_units": 0, "dead_letter": 0, "deferred": 0,
+    "waiting_for_invoice": 0,
+}
 
 
 @pytest.fixture()
@@ -72,6 +77,13 @@ def _record_invoices(ledger: Ledger, order_codes: list[str]) -> None:
 def _returns(ledger: Ledger, batch: str = BATCH, **kwargs) -> dict:
     OmniInboxClaimOperator(task_id="claim", batch_id=batch, event_types=[RETURN]).execute(context={})
     return ErpSalesReturnOperator(task_id="t", batch_id=batch, **kwargs).execute(context={})
+
+
+def _returns_failing(ledger: Ledger, batch: str = BATCH, **kwargs) -> str:
+    """Run F5 on a batch that must end failed; returns the task's failure message (it holds the summary)."""
+    with pytest.raises(AirflowFailException) as failure:
+        _returns(ledger, batch, **kwargs)
+    return str(failure.value)
 
 
 def _return_posts(erp) -> int:
@@ -138,7 +150,7 @@ def test_no_unit_passed_qc_means_no_erp_call(erp, ledger):
 
 def test_unknown_order_is_dead_lettered(erp, ledger):
     _store(ledger, return_posting(_create(1, "FN0000000009"), 101, return_order_code="RTN-9", units=[(SKU_A, "PASS")]))
-    assert _returns(ledger) == {"batch_id": BATCH, **ZERO, "dead_letter": 1}
+    assert "1 item(s) dead-lettered" in _returns_failing(ledger)
     [dead] = ledger.dead_letters("return_posting")
     assert dead["message_id"] == "101" and dead["business_key"] == "RTN-9"
     assert "forward order FN0000000009 is not in the ledger" in dead["reason"]
@@ -149,7 +161,8 @@ def test_unknown_order_is_dead_lettered(erp, ledger):
 def test_order_not_yet_invoiced_is_deferred_until_its_invoice_is_recorded(erp, ledger):
     _book(ledger, _create(1, "FN0000000001"), invoice=False)
     _store(ledger, return_posting(_create(1, "FN0000000001"), 101, return_order_code="RTN-1", units=[(SKU_A, "PASS")]))
-    assert _returns(ledger) == {"batch_id": BATCH, **ZERO, "deferred": 1}  # no failure: nothing is wrong with the ERP
+    # No task failure (nothing is wrong with the ERP); the pending posting turns the run report red.
+    assert _returns(ledger) == {"batch_id": BATCH, **ZERO, "waiting_for_invoice": 1}
     [row] = ledger.postings(RETURN)
     assert row["state"] == PENDING and "not e-invoiced yet" in row["last_error"]
     assert ledger.get_return_order("RTN-1") is None and _return_posts(erp) == 0
@@ -198,7 +211,7 @@ def test_erp_rejection_is_dead_lettered_with_the_erps_message(erp, ledger):
     # Two units of a SKU that was invoiced once.
     _store(ledger, return_posting(_create(1, "FN0000000001"), 101, return_order_code="RTN-1",
                                   units=[(SKU_B, "PASS"), (SKU_B, "PASS")]))
-    assert _returns(ledger) == {"batch_id": BATCH, **ZERO, "dead_letter": 1}
+    assert "1 item(s) dead-lettered, rejected or failed" in _returns_failing(ledger)
     [dead] = ledger.dead_letters("return_posting")
     assert dead["reason"].startswith("ERP rejected the return order: VALIDATION_FAILED: return lines exceed the invoiced quantity")
     assert f"{SKU_B}: 2 asked, 1 open" in dead["reason"]
@@ -211,7 +224,8 @@ def test_return_code_reused_for_another_order_is_dead_lettered(erp, ledger):
     _book(ledger, _create(1, "FN0000000001"), _create(2, "FN0000000002"))
     _store(ledger, return_posting(_create(1, "FN0000000001"), 101, return_order_code="RTN-1", units=[(SKU_A, "PASS")]))
     _store(ledger, return_posting(_create(2, "FN0000000002"), 102, return_order_code="RTN-1", units=[(SKU_A, "PASS")]))
-    assert _returns(ledger) == {"batch_id": BATCH, **ZERO, "booked": 1, "dead_letter": 1}
+    failure = _returns_failing(ledger)
+    assert "'booked': 1" in failure and "'dead_letter': 1" in failure
     [dead] = ledger.dead_letters("return_posting")
     assert dead["message_id"] == "102"
     assert "RTN-1 is already registered for order FN0000000001, not FN0000000002" in dead["reason"]
@@ -281,3 +295,96 @@ def test_units_that_cannot_be_credited_automatically_go_to_manual_settlement():
 def test_unknown_return_type_is_not_guessed(return_type):
     with pytest.raises(PayloadError, match="returnOrderType"):
         plan_return(_posting([(SKU_A, "PASS")], return_type=return_type), ORDER_LINES)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(st.sampled_from(["S", "T", "U"]), st.integers(0, 3), st.decimals(0, 5000, places=2)), min_size=1, max_size=4
+    ),
+    items=st.lists(
+        st.tuples(
+            st.sampled_from(["S", "T", "U", "V"]),
+            st.one_of(st.none(), st.sampled_from(["PASS", " pass", "FAIL", "HOLD", ""]), st.text(st.characters(categories=["L", "N"]), max_size=8)),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_property_every_returned_unit_is_either_credited_once_or_listed_for_manual_settlement(lines, items):
+    order_lines = [{"lineCode": f"L{n}", "sku": sku, "quantity": q, "unitPrice": str(price)} for n, (sku, q, price) in enumerate(lines)]
+    raw = return_posting(_create(1, "FN1"), 1, return_order_code="R", units=[(SKU_A, "PASS")] * len(items))
+    for item, (sku, qc, excess) in zip(raw["items"], items, strict=True):
+        item.update(channelSkuCode=sku, qcStatus=qc, isExcess=excess)
+    posting = ReturnOrderPosting.model_validate(raw)
+    plan = plan_return(posting, order_lines)
+
+    invoiced_skus = {sku for sku, q, _ in lines if q > 0}
+    creditable = [i for i in posting.items if (i.qc_status or "").strip().upper() == "PASS" and not i.is_excess and i.channel_sku_code in invoiced_skus]
+    credited = {}
+    for line in plan.credit_lines:
+        credited[line["sku"]] = credited.get(line["sku"], 0) + line["quantity"]
+        assert line["quantity"] > 0 and line["lineCode"] in {ol["lineCode"] for ol in order_lines if ol["sku"] == line["sku"]}
+    assert credited == {sku: sum(1 for i in creditable if i.channel_sku_code == sku) for sku in {i.channel_sku_code for i in creditable}}
+    assert sorted(u.item_code for u in plan.manual) == sorted(i.item_code for i in posting.items if i not in creditable)
+    assert all(u.reason.endswith("settle offline with Ajio") for u in plan.manual)
+
+
+# --- one bad posting never stops the batch; each state change is one transaction --------------------
+
+
+def test_poison_returns_among_good_ones_are_isolated_and_the_task_fails(erp, ledger, monkeypatch):
+    """A return the rule refuses is dead-lettered at once; one whose handling raises is deferred, then dead-lettered."""
+    monkeypatch.setenv("OMNI_ERP_MAX_ITEM_ATTEMPTS", "3")
+    creates = [_create(n, f"FN000000000{n}") for n in (1, 2, 3)]
+    _book(ledger, *creates)
+    # Order 3's ledger lines were written by hand with a price the rule cannot read.
+    lines = ledger.get_order("FN0000000003")["lines"]
+    ledger.update_order("FN0000000003", lines=json.dumps([{**line, "unitPrice": "1,120.00"} for line in lines]))
+    exchange = return_posting(creates[1], 102, return_order_code="RTN-2", units=[(SKU_A, "PASS")])
+    exchange["returnOrderType"] = "EXCHANGE"
+    for posting in (
+        return_posting(creates[0], 101, return_order_code="RTN-1", units=[(SKU_A, "PASS"), (SKU_B, "FAIL")]),
+        exchange,
+        return_posting(creates[2], 103, return_order_code="RTN-3", units=[(SKU_A, "PASS")]),
+        return_posting(creates[1], 104, return_order_code="RTN-4", units=[(SKU_B, "PASS")]),
+    ):
+        _store(ledger, posting)
+
+    failure = _returns_failing(ledger, f"{BATCH}-1")
+    assert "1 item(s) deferred" in failure and "1 item(s) dead-lettered" in failure and "InvalidOperation" in failure
+    assert {r["returnOrderCode"] for r in erp.state()["return_orders"]} == {"RTN-1", "RTN-4"}  # the good ones, in the same run
+    assert ledger.get_return_order("RTN-1")["state"] == ledger.get_return_order("RTN-4")["state"] == RETURN_BOOKED
+    assert [m["item_code"] for m in ledger.manual_settlements()] == ["RTN-1-2"]
+    by_id = {p["message_id"]: p for p in ledger.postings(RETURN)}
+    assert by_id["102"]["state"] == DEAD and "returnOrderType 'EXCHANGE'" in by_id["102"]["last_error"]
+    assert by_id["103"]["state"] == PENDING and by_id["103"]["attempts"] == 1
+
+    for run in (2, 3):
+        failure = _returns_failing(ledger, f"{BATCH}-{run}")
+    assert "1 item(s) dead-lettered" in failure
+    [dead] = [d for d in ledger.dead_letters("return_posting") if d["message_id"] == "103"]
+    assert dead["business_key"] == "RTN-3" and dead["reason"].startswith("gave up after 3 attempts: unexpected error: InvalidOperation")
+    assert ledger.get_return_order("RTN-3") is None and len(erp.state()["return_orders"]) == 2
+
+
+def test_a_crash_while_recording_a_manual_only_return_leaves_nothing_half_recorded(erp, ledger, monkeypatch):
+    """Return order, manual-settlement units and the finished posting are one transaction."""
+    _book(ledger, _create(1, "FN0000000001"))
+    _store(ledger, return_posting(_create(1, "FN0000000001"), 101, return_order_code="RTN-1", units=[(SKU_A, "FAIL"), (SKU_B, None)]))
+    real_finish = Ledger.finish_posting
+    crashes = iter([True])
+
+    def finish_then_crash(self, *args, **kwargs):
+        if next(crashes, False):
+            raise RuntimeError("worker lost between two ledger writes")
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "finish_posting", finish_then_crash)
+    assert "1 item(s) deferred" in _returns_failing(ledger)
+    assert ledger.get_return_order("RTN-1") is None and ledger.manual_settlements() == []
+    assert ledger.postings(RETURN)[0]["state"] == PENDING
+
+    assert _returns(ledger, batch=f"{BATCH}-2") == {"batch_id": f"{BATCH}-2", **ZERO, "manual_settlement_only": 1, "manual_units": 2}
+    assert ledger.get_return_order("RTN-1")["state"] == "manual_settlement_only" and len(ledger.manual_settlements("RTN-1")) == 2

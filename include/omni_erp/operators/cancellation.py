@@ -15,7 +15,6 @@ from omni_erp.states import (
     CANCEL_IRN,
     CANCEL_NOT_BOOKED,
     CANCEL_SALES_ORDER,
-    DEAD,
     DOC_INVOICE,
     DOC_SKIPPED,
     DOC_UPLOADED,
@@ -25,6 +24,7 @@ from omni_erp.states import (
     ORDER_COMPLETED_WITH_RETURN,
     ORDER_INVOICED,
     ORDER_NOTHING_TO_INVOICE,
+    ORDER_PARTIALLY_SHIPPED,
     ORDER_READY,
     ORDER_REJECTED,
     STAGE_CANCELLATION,
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 # Nothing exists in the ERP for these: F1 has not booked the order (or the ERP refused it).
 NOT_BOOKED_STATES = frozenset({ORDER_READY, ORDER_NOTHING_TO_INVOICE, ORDER_REJECTED})
-# Completed in the warehouse: Ajio allows no cancellation after packing (domain.md section 2, SOP).
-CLOSED_STATES = frozenset({ORDER_COMPLETED, ORDER_COMPLETED_WITH_RETURN})
+# Shipped, wholly or in part: Ajio allows no cancellation after packing (domain.md section 2, SOP).
+CLOSED_STATES = frozenset({ORDER_COMPLETED, ORDER_COMPLETED_WITH_RETURN, ORDER_PARTIALLY_SHIPPED})
 
 ALREADY_CANCELLED = "already_cancelled"
 ORDER_CLOSED = "order_closed"
@@ -112,7 +112,8 @@ class ErpOrderCancelOperator(ErpOperator):
         return self.process_each(
             self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CANCEL]),
             partial(self._cancel_one, irn_window=irn_window),
-            defer=lambda posting, error: self.ledger.release_posting(posting.message_id, error=error),
+            defer=self.defer_posting,
+            give_up=self.dead_letter_posting,
             max_consecutive_unavailable=self.max_consecutive_unavailable,
         )
 
@@ -132,46 +133,42 @@ class ErpOrderCancelOperator(ErpOperator):
                 return self._dead_letter(
                     posting,
                     f"order {order['order_code']} is {order['state']}: Ajio cannot cancel an order after packing, "
-                    "so a cancellation after completion needs a person",
+                    "so a cancellation of a shipped order needs a person",
                 )
             if route == CANCEL_SALES_ORDER:
                 return self._cancel_sales_order(posting, order)
             return self._cancel_invoiced(posting, order, route)
         except RemoteRejectedError as exc:
             reason = f"ERP rejected the cancellation: {exc.code + ': ' if exc.code else ''}{exc.message}"
-            self.ledger.record_dead_letter(
-                stage=STAGE_CANCELLATION, reason=reason, message_id=posting.message_id, business_key=posting.order_code
-            )
-            self.ledger.finish_posting(posting.message_id, state=DEAD, outcome="rejected_by_erp", error=reason)
-            self.log.error("Order %s: %s", posting.order_code, reason)
-            return "rejected_by_erp"
+            return self._dead_letter(posting, reason, outcome="rejected_by_erp")
 
     # --- routes ---------------------------------------------------------------------------
 
     def _not_booked(self, posting: ClaimedPosting, order: dict[str, Any] | None) -> str:
         ledger = self.ledger
-        if order is None:
-            # The cancellation overtook the CREATE: record the order as cancelled with no CREATE
-            # message, which is how F1 recognises an order it must never book.
-            ledger.register_order(
-                order_code=posting.order_code,
-                po_number=None,
-                state=ORDER_CANCELLED,
-                create_message_id=None,
-                lines=[],
-                total_amount=Decimal(0),
-                erp_request=None,
-            )
-        self._close(order_code=posting.order_code, route=CANCEL_NOT_BOOKED)
-        ledger.finish_posting(posting.message_id, outcome=CANCEL_NOT_BOOKED)
+        with ledger.transaction():
+            if order is None:
+                # The cancellation overtook the CREATE: record the order as cancelled with no CREATE
+                # message, which is how F1 recognises an order it must never book.
+                ledger.register_order(
+                    order_code=posting.order_code,
+                    po_number=None,
+                    state=ORDER_CANCELLED,
+                    create_message_id=None,
+                    lines=[],
+                    total_amount=Decimal(0),
+                    erp_request=None,
+                )
+            self._close_and_finish(posting, route=CANCEL_NOT_BOOKED)
         self.log.info("Order %s cancelled before booking: nothing to cancel in the ERP", posting.order_code)
         return CANCEL_NOT_BOOKED
 
     def _already_cancelled(self, posting: ClaimedPosting, order: dict[str, Any]) -> str:
-        if order["cancel_route"] is None:
-            # A run stopped between registering an unseen order as cancelled and noting its route.
-            self.ledger.update_order(order["order_code"], cancel_route=CANCEL_NOT_BOOKED, closed_at=now())
-        self.ledger.finish_posting(posting.message_id, outcome=ALREADY_CANCELLED)
+        with self.ledger.transaction():
+            if order["cancel_route"] is None:
+                # An order registered as cancelled by an older release, which noted the route separately.
+                self.ledger.update_order(order["order_code"], cancel_route=CANCEL_NOT_BOOKED, closed_at=now())
+            self.ledger.finish_posting(posting.message_id, outcome=ALREADY_CANCELLED, batch_id=self.batch_id)
         self.log.info(
             "Order %s was already cancelled (%s); posting %s closed",
             order["order_code"],
@@ -190,11 +187,10 @@ class ErpOrderCancelOperator(ErpOperator):
             # The ERP e-invoiced the order but F2 has not recorded the invoice yet. Guessing the route
             # (IRN within 24 h or credit note) needs the acknowledgement time, so wait for F2.
             reason = f"the ERP e-invoiced this order but the invoice is not recorded yet ({exc.code}: {exc.message}); retried next run"
-            self.ledger.release_posting(posting.message_id, error=reason)
+            self.ledger.release_posting(posting.message_id, error=reason, batch_id=self.batch_id)
             self.log.warning("Order %s: %s", code, reason)
             return WAITING_FOR_INVOICE
-        self._close(order_code=code, route=CANCEL_SALES_ORDER)
-        self.ledger.finish_posting(posting.message_id, outcome=CANCEL_SALES_ORDER)
+        self._close_and_finish(posting, route=CANCEL_SALES_ORDER)
         self.log.info("Order %s: ERP sales order %s cancelled (not e-invoiced)", code, order["erp_sales_order_id"])
         return CANCEL_SALES_ORDER
 
@@ -202,11 +198,13 @@ class ErpOrderCancelOperator(ErpOperator):
         code, invoice = order["order_code"], order["erp_invoice_number"]
         if not invoice:
             return self._dead_letter(posting, f"order {code} is {order['state']} but no e-invoice number is recorded")
-        # The order is cancelled in Omni whatever the ERP says next: its invoice must never be uploaded.
-        self._keep_invoice_out_of_omni(order)
+        with self.ledger.transaction():
+            # The order is cancelled in Omni whatever the ERP says next: its invoice must never be uploaded.
+            self._keep_invoice_out_of_omni(order)
+            if route == CANCEL_IRN:
+                # Recorded before calling: a replay after a crash continues this route even past 24 h.
+                self.ledger.update_order(code, cancel_route=CANCEL_IRN)
         if route == CANCEL_IRN:
-            # Recorded before calling: a replay after a crash continues this route even past 24 h.
-            self.ledger.update_order(code, cancel_route=CANCEL_IRN)
             try:
                 self.erp.cancel_irn(invoice, IRN_CANCEL_REASON, idempotency_key=keys.cancel_irn(invoice))
             except RemoteRejectedError as exc:
@@ -216,15 +214,13 @@ class ErpOrderCancelOperator(ErpOperator):
                 route = CANCEL_CREDIT_NOTE
             else:
                 self.erp.cancel_sales_order(order["erp_sales_order_id"], idempotency_key=keys.cancel_sales_order(code))
-                self._close(order_code=code, route=CANCEL_IRN)
-                self.ledger.finish_posting(posting.message_id, outcome=CANCEL_IRN)
+                self._close_and_finish(posting, route=CANCEL_IRN)
                 self.log.info("Order %s: IRN of invoice %s and sales order %s cancelled", code, invoice, order["erp_sales_order_id"])
                 return CANCEL_IRN
 
         self.ledger.update_order(code, cancel_route=CANCEL_CREDIT_NOTE)
         booking = self.erp.request_credit_note(invoice, code, CREDIT_NOTE_REASON, idempotency_key=keys.credit_note_for_invoice(invoice))
-        self._close(order_code=code, route=CANCEL_CREDIT_NOTE)
-        self.ledger.finish_posting(posting.message_id, outcome=CANCEL_CREDIT_NOTE)
+        self._close_and_finish(posting, route=CANCEL_CREDIT_NOTE)
         # The seller SOP keeps this credit note in the ERP (domain.md decision 5): say so where people look.
         self.log.warning(
             "Order %s cancelled after the IRN window: credit note %s requested in the ERP against invoice %s; "
@@ -237,8 +233,11 @@ class ErpOrderCancelOperator(ErpOperator):
 
     # --- ledger helpers ---------------------------------------------------------------------
 
-    def _close(self, *, order_code: str, route: str) -> None:
-        self.ledger.update_order(order_code, state=ORDER_CANCELLED, cancel_route=route, closed_at=now())
+    def _close_and_finish(self, posting: ClaimedPosting, *, route: str) -> None:
+        """Mark the order cancelled by ``route`` and finish the posting with that outcome, in one transaction."""
+        with self.ledger.transaction():
+            self.ledger.update_order(posting.order_code, state=ORDER_CANCELLED, cancel_route=route, closed_at=now())
+            self.ledger.finish_posting(posting.message_id, outcome=route, batch_id=self.batch_id)
 
     def _keep_invoice_out_of_omni(self, order: dict[str, Any]) -> None:
         number = order["erp_invoice_number"]
@@ -253,13 +252,13 @@ class ErpOrderCancelOperator(ErpOperator):
             batch_id=self.batch_id,
         )
 
-    def _dead_letter(self, posting: ClaimedPosting, reason: str) -> str:
-        self.ledger.record_dead_letter(
-            stage=STAGE_CANCELLATION, reason=reason, message_id=posting.message_id, business_key=posting.order_code
+    def _dead_letter(self, posting: ClaimedPosting, reason: str, *, outcome: str = "dead_letter") -> str:
+        self.ledger.dead_letter_posting(
+            posting.message_id, stage=STAGE_CANCELLATION, reason=reason, business_key=posting.order_code, outcome=outcome,
+            batch_id=self.batch_id,
         )
-        self.ledger.finish_posting(posting.message_id, state=DEAD, outcome="dead_letter", error=reason)
         self.log.warning("Dead-lettered cancellation %s (order %s): %s", posting.message_id, posting.order_code, reason)
-        return "dead_letter"
+        return outcome
 
 
 def _document_ref(document: Any) -> str:

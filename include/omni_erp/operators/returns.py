@@ -11,7 +11,6 @@ from omni_erp import keys, settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import ErpOperator
 from omni_erp.states import (
-    DEAD,
     ORDER_BOOKED,
     ORDER_CANCELLED,
     ORDER_READY,
@@ -34,7 +33,10 @@ if TYPE_CHECKING:
 # return is still the customer sending goods back, so it is credited like a customer return.
 RETURN_KINDS = {"CUSTOMER_RETURN": RETURN_CUSTOMER, "SELF_SHIP": RETURN_CUSTOMER, "RETURN_TO_ORIGIN": RETURN_RTO}
 QC_PASS = "PASS"
-SUMMARY_KEYS = ("booked", "already_booked", "manual_settlement_only", "manual_units", "dead_letter", "deferred")
+WAITING_FOR_INVOICE = "waiting_for_invoice"  # not "deferred": that one means an outage or an error (LedgerOperator.process_each)
+SUMMARY_KEYS = (
+    "booked", "already_booked", "manual_settlement_only", "manual_units", "dead_letter", "deferred", WAITING_FOR_INVOICE
+)
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ class ErpSalesReturnOperator(ErpOperator):
             counts = self.process_each(
                 self.ledger.claimed_postings(self.batch_id, [settings.EVENT_RETURN]),
                 lambda posting: self._handle(posting, manual_rows),
-                defer=lambda posting, error: self.ledger.release_posting(posting.message_id, error=error),
+                defer=self.defer_posting,
+                give_up=self.dead_letter_posting,
                 max_consecutive_unavailable=self.max_consecutive_unavailable,
             )
         finally:
@@ -175,12 +178,12 @@ class ErpSalesReturnOperator(ErpOperator):
             if clash:
                 return self._dead(posting, clash)
             if known["state"] == RETURN_BOOKED:
-                ledger.finish_posting(posting.message_id, outcome="booked")
+                ledger.finish_posting(posting.message_id, outcome="booked", batch_id=self.batch_id)
                 self.log.info("Return %s is already booked as %s (posting %s)", code, known["erp_return_order_id"], posting.message_id)
                 return "already_booked"
             if known["state"] == RETURN_MANUAL_ONLY:
                 # Its units were listed for manual settlement when it was first registered.
-                ledger.finish_posting(posting.message_id, outcome=RETURN_MANUAL_ONLY)
+                ledger.finish_posting(posting.message_id, outcome=RETURN_MANUAL_ONLY, batch_id=self.batch_id)
                 return RETURN_MANUAL_ONLY
             if known["state"] == RETURN_REJECTED:
                 return self._dead(posting, f"return {code} was rejected by the ERP before; see the earlier dead letter")
@@ -194,9 +197,9 @@ class ErpSalesReturnOperator(ErpOperator):
             if order["state"] in (ORDER_READY, ORDER_BOOKED):
                 # The e-invoice is on its way (F2 records it); a return can only be credited against it.
                 reason = f"forward order {order_code} is not e-invoiced yet (state {order['state']}); the return waits for its invoice"
-                ledger.release_posting(posting.message_id, error=reason)
-                self.log.info("Return %s deferred: %s", code, reason)
-                return "deferred"
+                ledger.release_posting(posting.message_id, error=reason, batch_id=self.batch_id)
+                self.log.info("Return %s waits: %s", code, reason)
+                return WAITING_FOR_INVOICE
             return self._dead(posting, f"forward order {order_code} was never e-invoiced (state {order['state']}); nothing to credit")
         if order["state"] == ORDER_CANCELLED or order["cancel_route"]:
             # F3 cancelled the IRN or credited the whole invoice: there is nothing left to credit.
@@ -207,33 +210,37 @@ class ErpSalesReturnOperator(ErpOperator):
         except PayloadError as exc:
             return self._dead(posting, str(exc))
 
-        # Manual units first: if the run dies after this, the next run records them again (once per item).
-        for unit in plan.manual:
-            ledger.record_manual_settlement(
-                return_order_code=code,
-                item_code=unit.item_code,
-                order_code=order_code,
-                sku=unit.sku,
-                qc_status=unit.qc_status,
-                qc_reason=unit.qc_reason,
-                reason=unit.reason,
-            )
-            manual_rows.append({"return_order_code": code, "order_code": order_code, **asdict(unit)})
         request = self._request(model, order, plan)
-        stored = ledger.register_return_order(
-            return_order_code=code,
-            order_code=order_code,
-            kind=plan.kind,
-            state=RETURN_READY if request is not None else RETURN_MANUAL_ONLY,
-            lines=plan.credit_lines,
-            erp_request=request,
-            message_id=posting.message_id,
-        )
-        if stored["message_id"] != posting.message_id:
+        with ledger.transaction():
+            # The return order, its manual-settlement units and (with nothing to book) the posting: all or nothing.
+            stored = ledger.register_return_order(
+                return_order_code=code,
+                order_code=order_code,
+                kind=plan.kind,
+                state=RETURN_READY if request is not None else RETURN_MANUAL_ONLY,
+                lines=plan.credit_lines,
+                erp_request=request,
+                message_id=posting.message_id,
+            )
+            registered_here = stored["message_id"] == posting.message_id
+            if registered_here:
+                for unit in plan.manual:
+                    ledger.record_manual_settlement(
+                        return_order_code=code,
+                        item_code=unit.item_code,
+                        order_code=order_code,
+                        sku=unit.sku,
+                        qc_status=unit.qc_status,
+                        qc_reason=unit.qc_reason,
+                        reason=unit.reason,
+                    )
+                if request is None:
+                    ledger.finish_posting(posting.message_id, outcome=RETURN_MANUAL_ONLY, batch_id=self.batch_id)
+        if not registered_here:
             # Another posting registered this return order in the meantime: handle this one as its re-delivery.
             return self._handle(posting, manual_rows)
+        manual_rows.extend({"return_order_code": code, "order_code": order_code, **asdict(unit)} for unit in plan.manual)
         if request is None:
-            ledger.finish_posting(posting.message_id, outcome=RETURN_MANUAL_ONLY)
             self.log.info("Return %s: no unit passed QC; %d unit(s) for manual settlement, no ERP call", code, len(plan.manual))
             return RETURN_MANUAL_ONLY
         return self._book(posting, stored)
@@ -274,12 +281,14 @@ class ErpSalesReturnOperator(ErpOperator):
         try:
             booking = self.erp.create_return_order(request, idempotency_key=keys.return_order(code))
         except RemoteRejectedError as exc:
-            ledger.update_return_order(code, state=RETURN_REJECTED)
-            return self._dead(
-                posting, f"ERP rejected the return order: {exc.code + ': ' if exc.code else ''}{exc.message}", outcome="rejected_by_erp"
-            )
-        ledger.update_return_order(code, state=RETURN_BOOKED, erp_return_order_id=booking.document.return_order_id)
-        ledger.finish_posting(posting.message_id, outcome="booked")
+            with ledger.transaction():
+                ledger.update_return_order(code, state=RETURN_REJECTED)
+                return self._dead(
+                    posting, f"ERP rejected the return order: {exc.code + ': ' if exc.code else ''}{exc.message}", outcome="rejected_by_erp"
+                )
+        with ledger.transaction():
+            ledger.update_return_order(code, state=RETURN_BOOKED, erp_return_order_id=booking.document.return_order_id)
+            ledger.finish_posting(posting.message_id, outcome="booked", batch_id=self.batch_id)
         if booking.replayed:
             self.log.info("Return %s was already booked in the ERP as %s", code, booking.document.return_order_id)
             return "already_booked"
@@ -287,10 +296,10 @@ class ErpSalesReturnOperator(ErpOperator):
         return "booked"
 
     def _dead(self, posting: ClaimedPosting, reason: str, *, outcome: str = "dead_letter") -> str:
-        self.ledger.record_dead_letter(
-            stage=STAGE_RETURN, reason=reason, message_id=posting.message_id, business_key=posting.business_key
+        self.ledger.dead_letter_posting(
+            posting.message_id, stage=STAGE_RETURN, reason=reason, business_key=posting.business_key, outcome=outcome,
+            batch_id=self.batch_id,
         )
-        self.ledger.finish_posting(posting.message_id, state=DEAD, outcome=outcome, error=reason)
         self.log.warning("Dead-lettered return posting %s (%s): %s", posting.message_id, posting.business_key, reason)
         return "dead_letter"
 
