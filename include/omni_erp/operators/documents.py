@@ -385,12 +385,16 @@ class _ErpDocumentFetchOperator(ErpOperator):
         return self._record_invalid(number, seq, payload, problem or "", existing)
 
     def _known(self, existing: dict[str, Any], number: str, payload: Any) -> _Read:
-        """A number the ledger holds: a re-read when it names the same document, else a conflict."""
+        """A number the ledger holds: a re-read when it names the same document, else a conflict.
+
+        The reason names only what does not change (not the first document's state): it keys the dead letter,
+        so the same conflict is dead-lettered and alerted once however often the look-back re-reads it.
+        """
         if self._identity(existing["payload"]) == self._identity(payload):
             return _Read()
         reason = printable(
-            f"{self.label} number {number} is already recorded for {self._describe(existing['payload'])} "
-            f"({existing['state']}); the ERP now lists it for {self._describe(payload)}. The ERP reused a document "
+            f"{self.label} number {number} is already recorded for {self._describe(existing['payload'])}; "
+            f"the ERP now lists it for {self._describe(payload)}. The ERP reused a document "
             "number (a restored backup or a reset number series?): the second document is neither recorded nor "
             "uploaded until the ERP gives it a number of its own"
         )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from omni_erp import settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import ErpOperator
-from omni_erp.operators.documents import as_bool
+from omni_erp.operators.documents import as_bool, printable
 from omni_erp.states import (
     DOC_CREDIT_NOTE,
     DOC_INVOICE,
@@ -143,6 +143,7 @@ class _OmniDocumentUploadOperator(ErpOperator):
 
     def _fail(self, number: str, reason: str) -> str:
         """Mark the document failed until a person re-triggers it, and dead-letter it - both or neither."""
+        reason = printable(reason)[:2000]
         with self.ledger.transaction():
             self.ledger.update_document(self.doc_type, number, state=DOC_UPLOAD_FAILED, reason=reason, batch_id=self.batch_id)
             self.ledger.record_dead_letter(stage=self.stage, reason=f"{self.label} {number}: {reason}", business_key=number)
@@ -157,7 +158,8 @@ class _OmniDocumentUploadOperator(ErpOperator):
     def _defer(self, number: str, reason: str) -> None:
         """Keep the document ready (a re-triggered failed one too), so the next run tries again, and say why."""
         self.ledger.update_document(
-            self.doc_type, number, state=DOC_READY, reason=f"waiting for the next run: {reason}"[:2000], batch_id=self.batch_id
+            self.doc_type, number, state=DOC_READY, reason=printable(f"waiting for the next run: {reason}")[:2000],
+            batch_id=self.batch_id,
         )
 
 
