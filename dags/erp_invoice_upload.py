@@ -15,7 +15,8 @@
    `upload_failed` with Increff's code/message/description until someone fixes it and triggers a
    run with **retry_failed**; 5xx and timeouts are retried, and if Omni stays down the invoices wait
    for the next run and this run fails so the outage is visible. It runs even when the fetch failed.
-3. **report_outcome** - logs every ERP document the run touched (always runs).
+3. **report_outcome** - logs every ERP document the run touched (always runs) and ends the run
+   failed when any task failed (e.g. Omni down) or any document was not matched or not uploaded.
 
 Re-read the feed from an earlier point with **since_seq** (nothing is recorded or uploaded twice).
 Ledger tables: `erp_document`, `ajio_order`, `sync_cursor`, `outbound_call`, `dead_letter`.

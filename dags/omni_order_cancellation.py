@@ -19,7 +19,8 @@
    - *already cancelled*: closed as `already_cancelled`, nothing called; *completed*: dead-lettered
      (Ajio cannot cancel after packing).
    An e-invoice of a cancelled order that is not uploaded yet is marked so the invoice flow skips it.
-3. **report_outcome** - logs one line per posting of the run (always runs, even after a failure).
+3. **report_outcome** - logs one line per posting of the run (always runs)
+   and ends the run failed when any task failed or any item was deferred or dead-lettered.
 
 The 24-hour clock is the package clock (`OMNI_ERP_CLOCK_OFFSET_S` shifts it in tests and the demo).
 If the ERP is down, the affected postings go back to the queue and the next run continues the same

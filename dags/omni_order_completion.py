@@ -18,7 +18,8 @@
    - unknown or cancelled order: dead letter with the reason; no e-invoice recorded yet: the posting
      waits for the invoice flow (next run).
    The per-SKU table is logged for every order that is not a plain match.
-3. **report_outcome** - logs one line per posting of the run (always runs, even after a failure).
+3. **report_outcome** - logs one line per posting of the run (always runs)
+   and ends the run failed when any task failed or any item was deferred or dead-lettered.
 
 If the ERP is down, the affected postings go back to the queue and the next run re-sends the same
 return order; the run is marked failed so the outage is visible. Everything is in the ledger

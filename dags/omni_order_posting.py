@@ -6,9 +6,15 @@
    invoice = ordered - cancelled; the Ajio PO number is read from `orderCustomAttributes.attribute1`
    (or `$OMNI_ERP_PO_PATH`); postings without a PO are dead-lettered with the reason; orders with
    nothing left to invoice are recorded and not booked.
-3. **create_sales_orders** - books each order in the ERP with the key `create:<orderCode>`, so a
-   re-delivered posting, a retried task or a re-run never books twice; records the ERP id.
-4. **report_outcome** - logs one line per posting of the run (always runs, even after a failure).
+3. **create_sales_orders** - books each order in the ERP with the key `create:<orderCode>` (the code
+   percent-encoded where a header needs it, see `omni_erp/keys.py`), so a re-delivered posting, a
+   retried task or a re-run never books twice; records the ERP id. It runs even when the mapping
+   task failed (one bad posting): the orders mapped are booked.
+4. **report_outcome** - logs one line per posting of the run (always runs)
+   and ends the run failed when any task failed or any item was deferred or dead-lettered.
+
+A posting whose handling fails unexpectedly is deferred with the error and dead-lettered after
+`OMNI_ERP_MAX_ITEM_ATTEMPTS` (3) attempts, so it never holds the others back.
 
 If the ERP is down, the affected postings go back to the queue and the next run books them; the run
 is marked failed so the outage is visible. Everything is in the ledger (`omni_erp_ledger`
@@ -49,7 +55,8 @@ with DAG(
 ) as dag:
     claim = OmniInboxClaimOperator(task_id="claim_postings", event_types=[EVENT_CREATE], limit="{{ params.limit }}")
     map_orders = ErpSalesOrderMapOperator(task_id="map_sales_orders")
-    create = ErpSalesOrderCreateOperator(task_id="create_sales_orders")
+    # all_done: one posting that made the mapping task fail must not keep the others from being booked.
+    create = ErpSalesOrderCreateOperator(task_id="create_sales_orders", trigger_rule="all_done")
     report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
 
     claim >> map_orders >> create >> report

@@ -12,7 +12,8 @@
    matches each to its return order; those of customer returns and RTOs become ready to upload.
 4. **upload_credit_notes** (F6) - sends each ready credit note once to
    `POST /ajio-vms/creditNote/posting` with `returnOrderId` = the posting's `returnOrderCode`.
-5. **report_outcome** - logs one line per posting and ERP document of the run (always runs).
+5. **report_outcome** - logs one line per posting and ERP document of the run (always runs) and
+   ends the run failed when any task failed or any item was deferred, dead-lettered or not uploaded.
 
 Steps 3 and 4 run in every run, even when step 2 found nothing or failed: they also pick up credit
 notes of earlier runs. A re-delivered posting, a retried task or a re-run never books a second

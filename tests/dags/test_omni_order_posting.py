@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 
 import pytest
 
 from omni_erp.ledger import Ledger
 from omni_erp.sandbox.pusher import PostingPusher, generate_orders
-from omni_erp.states import DEAD, DONE, PENDING
+from omni_erp.states import DEAD, DONE, ORDER_READY, PENDING
 from tests.conftest import INBOX_KEY
+from tests.flows import create_posting, store
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +50,10 @@ def test_every_pushed_order_is_booked_exactly_once_and_a_rerun_books_nothing(erp
 
     dag = run_dag(DAG_ID)
     first = dag()
-    assert first.state == "success"
+    # Red: the postings without a PO were dead-lettered (mapping failed); the others were still booked.
+    assert first.state == "failed"
+    assert first.get_task_instance("map_sales_orders").state == "failed"
+    assert first.get_task_instance("create_sales_orders").state == "success"
 
     booked = erp.state()["sales_orders"]
     assert Counter(o["orderCode"] for o in booked) == Counter(bookable)  # each bookable order exactly once
@@ -61,8 +66,7 @@ def test_every_pushed_order_is_booked_exactly_once_and_a_rerun_books_nothing(erp
     assert {r["state"] for r in ledger.postings()} <= {DONE, DEAD}
     summary = dag.xcom(first, "create_sales_orders")
     assert summary["booked"] + summary.get("already_booked", 0) == len(bookable)
-    report = dag.xcom(first, "report_outcome")
-    assert report["postings"] == len(postings)
+    assert first.get_task_instance("report_outcome").state == "failed"
 
     posts_before = _sales_order_posts(erp)
     second = dag()
@@ -94,3 +98,30 @@ def test_erp_outage_leaves_postings_pending_and_the_next_run_books_them(erp, inb
     assert recovered.state == "success"
     assert sorted(o["orderCode"] for o in erp.state()["sales_orders"]) == sorted(p["orderCode"] for p in postings)
     assert {r["state"] for r in ledger.postings()} == {DONE}
+
+
+def test_poison_postings_among_good_ones_leave_the_good_ones_booked_and_the_run_red(erp, ledger_path, run_dag):
+    """Issue 6.1 end to end: nothing a single posting holds can stop the others or leave the run green."""
+    ledger = Ledger.sqlite(ledger_path)
+    good = [create_posting(n, f"FN000000000{n}") for n in range(1, 5)] + [create_posting(5, "FN-खरीद-🙂-005")]
+    bidi = create_posting(6, "FN\u202e0000000006")  # stored before the inbox refused bidi overrides
+    corrupt = create_posting(7, "FN0000000007")
+    store(ledger, *good[:2], bidi, corrupt, *good[2:])
+    # An unreadable ERP request under the poison's message id (as an older version could have left it).
+    ledger.register_order(
+        order_code="FN0000000007", po_number="4042600007", state=ORDER_READY, create_message_id="7",
+        lines=[], total_amount=Decimal(0), erp_request={"orderCode": "FN0000000007"},
+    )
+
+    run = run_dag(DAG_ID)()
+
+    assert run.state == "failed"
+    assert {t: run.get_task_instance(t).state for t in ("claim_postings", "map_sales_orders", "create_sales_orders", "report_outcome")} == {
+        "claim_postings": "success", "map_sales_orders": "failed", "create_sales_orders": "failed", "report_outcome": "failed"
+    }
+    assert sorted(o["orderCode"] for o in erp.state()["sales_orders"]) == sorted(p["orderCode"] for p in good)
+    rows = {r["message_id"]: r for r in ledger.postings()}
+    assert {m: rows[m]["state"] for m in ("1", "2", "3", "4", "5")} == dict.fromkeys(["1", "2", "3", "4", "5"], DONE)
+    assert rows["6"]["state"] == DEAD and [d["message_id"] for d in ledger.dead_letters("order_posting")] == ["6"]
+    assert (rows["7"]["state"], rows["7"]["attempts"]) == (PENDING, 1)
+    assert "unexpected error: ValidationError" in rows["7"]["last_error"] and "(attempt 1 of 3)" in rows["7"]["last_error"]
