@@ -69,6 +69,14 @@ def ledger(ledger_path) -> Ledger:
     return Ledger.sqlite(ledger_path)
 
 
+@pytest.fixture()
+def any_ledger(ledger_url, monkeypatch) -> Ledger:
+    """This test's ledger on SQLite and on PostgreSQL; every operator of the test uses it."""
+    ledger = Ledger(ledger_url)
+    monkeypatch.setattr(Ledger, "from_conn_id", classmethod(lambda cls, conn_id=None: ledger))
+    return ledger
+
+
 def _cancel(ledger: Ledger, *cancels: dict, batch: str = BATCH, **kwargs) -> dict:
     store(ledger, *cancels)
     OmniInboxClaimOperator(task_id="c", batch_id=batch, event_types=[CANCEL]).execute(context={})
@@ -392,7 +400,8 @@ def test_a_cancellation_for_an_order_in_an_impossible_state_does_not_stop_the_ot
     assert erp_writes(erp) == {CANCEL_SO: 2, CANCEL_IRN_CALL: 0, CREDIT_NOTE_CALL: 0}
 
 
-def test_a_crash_between_registering_the_order_and_finishing_the_posting_leaves_nothing_half_recorded(erp, ledger, monkeypatch):
+def test_a_crash_between_registering_the_order_and_finishing_the_posting_leaves_nothing_half_recorded(erp, any_ledger, monkeypatch):
+    ledger = any_ledger
     """The cancel-before-create route writes three things; a failure before the last rolls back all of them."""
     create = create_posting(1, "FN0000000001")
     real_finish = Ledger.finish_posting

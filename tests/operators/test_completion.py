@@ -191,13 +191,25 @@ def ledger(ledger_path) -> Ledger:
 
 
 @pytest.fixture()
-def create(erp, ledger) -> dict:
-    """Order CODE booked by F1 and its e-invoice recorded by F2."""
+def any_ledger(ledger_url, monkeypatch) -> Ledger:
+    """This test's ledger on SQLite and on PostgreSQL; every operator of the test uses it."""
+    ledger = Ledger(ledger_url)
+    monkeypatch.setattr(Ledger, "from_conn_id", classmethod(lambda cls, conn_id=None: ledger))
+    return ledger
+
+
+def _booked_and_invoiced(ledger: Ledger) -> dict:
+    """Order CODE booked by F1 and its e-invoice recorded by F2; returns its CREATE posting."""
     posting = create_posting(1, CODE)
     book(ledger, posting)
     record_invoices(1)
     assert ledger.get_order(CODE)["state"] == ORDER_INVOICED
     return posting
+
+
+@pytest.fixture()
+def create(erp, ledger) -> dict:
+    return _booked_and_invoiced(ledger)
 
 
 def _complete(ledger: Ledger, *postings: dict, batch: str = BATCH) -> dict:
@@ -251,8 +263,10 @@ def test_split_shipment_posted_in_two_completes_is_not_a_short_shipment(erp, led
     assert ledger.dead_letters("order_completion") == []
 
 
-def test_split_shipment_with_a_cancellation_books_one_return_order_for_the_cancelled_units_only(erp, ledger, create):
+def test_split_shipment_with_a_cancellation_books_one_return_order_for_the_cancelled_units_only(erp, any_ledger):
     """One A cancelled after e-invoicing, one A in shipment 1, B in shipment 2 posted later: one return order, A x1."""
+    ledger = any_ledger
+    create = _booked_and_invoiced(ledger)
     both = complete_posting(create, 3, split_shipments=True, cancelled_after_invoice={SKU_A: 1})
     assert [[(i["channelSkuCode"], i["quantity"]) for i in s["shipmentItems"]] for s in both["shipments"]] == [[(SKU_A, 1)], [(SKU_B, 1)]]
     first = _first_shipment_only(both, 2)
@@ -480,8 +494,10 @@ def test_poison_postings_among_good_ones_are_isolated_and_the_task_fails(erp, le
     assert {p["state"] for p in ledger.postings(COMPLETE)} == {DONE, DEAD}
 
 
-def test_a_crash_before_the_posting_is_finished_rolls_back_the_order_state_and_the_booking_record(erp, ledger, create, monkeypatch):
+def test_a_crash_before_the_posting_is_finished_rolls_back_the_order_state_and_the_booking_record(erp, any_ledger, monkeypatch):
     """After the ERP booked the return order: its record, the order's state and the finished posting are one transaction."""
+    ledger = any_ledger
+    create = _booked_and_invoiced(ledger)
     real_finish = Ledger.finish_posting
     crashes = iter([True])
 

@@ -36,6 +36,14 @@ def ledger(ledger_path) -> Ledger:
     return Ledger.sqlite(ledger_path)
 
 
+@pytest.fixture()
+def any_ledger(ledger_url, monkeypatch) -> Ledger:
+    """This test's ledger on SQLite and on PostgreSQL; every operator of the test uses it."""
+    ledger = Ledger(ledger_url)
+    monkeypatch.setattr(Ledger, "from_conn_id", classmethod(lambda cls, conn_id=None: ledger))
+    return ledger
+
+
 def _create(message_id: int, order_code: str, quantity_a: int = 3) -> dict:
     raw = json.loads((FIXTURES / "outward_order_create.json").read_text())
     raw.update(messageId=message_id, orderCode=order_code, parentOrderCode=order_code)
@@ -369,7 +377,8 @@ def test_poison_returns_among_good_ones_are_isolated_and_the_task_fails(erp, led
     assert ledger.get_return_order("RTN-3") is None and len(erp.state()["return_orders"]) == 2
 
 
-def test_a_crash_while_recording_a_manual_only_return_leaves_nothing_half_recorded(erp, ledger, monkeypatch):
+def test_a_crash_while_recording_a_manual_only_return_leaves_nothing_half_recorded(erp, any_ledger, monkeypatch):
+    ledger = any_ledger
     """Return order, manual-settlement units and the finished posting are one transaction."""
     _book(ledger, _create(1, "FN0000000001"))
     _store(ledger, return_posting(_create(1, "FN0000000001"), 101, return_order_code="RTN-1", units=[(SKU_A, "FAIL"), (SKU_B, None)]))
