@@ -138,3 +138,27 @@ def test_report_releases_postings_a_failed_run_still_holds(ledger):
     [row] = ledger.postings()
     assert row["state"] == "pending" and row["lease_until"] is None
     assert [p.message_id for p in ledger.claim_postings(event_types=[CREATE], batch_id="next-run")] == ["1"]
+
+
+@pytest.mark.parametrize("state", ["upload_failed", "unmatched", "mismatch", "invalid"])
+def test_report_fails_the_run_for_a_document_it_could_not_upload(ledger, state):
+    ledger.record_document(
+        doc_type="invoice", doc_number="RB2627/000001", order_code="FN0000000001", related_code=None, seq=1,
+        payload={}, state=state, reason="Omni refused it", batch_id=BATCH,
+    )
+    ledger.record_document(
+        doc_type="invoice", doc_number="RB2627/000002", order_code="FN0000000002", related_code=None, seq=2,
+        payload={}, state="uploaded", batch_id=BATCH,
+    )
+    with pytest.raises(AirflowFailException, match=rf"1 of 2 ERP document\(s\) were not uploaded \(invoice 'RB2627/000001': {state}"):
+        _run(LedgerBatchReportOperator)
+
+
+def test_report_of_a_clean_batch_succeeds_with_its_counts(ledger):
+    ledger.record_document(
+        doc_type="invoice", doc_number="RB2627/000002", order_code="FN0000000002", related_code=None, seq=2,
+        payload={}, state="uploaded", batch_id=BATCH,
+    )
+    assert _run(LedgerBatchReportOperator) == {
+        "batch_id": BATCH, "postings": 0, "documents": 1, "by_outcome": {"invoice:uploaded": 1}
+    }

@@ -11,6 +11,7 @@ from omni_erp.operators.base import LedgerOperator
 from omni_erp.states import (
     DEAD,
     DOC_CREDIT_NOTE,
+    DOC_INVALID,
     DOC_INVOICE,
     DOC_MISMATCH,
     DOC_UNMATCHED,
@@ -99,7 +100,7 @@ class LedgerBatchReportOperator(LedgerOperator):
 
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
 # Documents a person must look at: the ERP's document could not be matched or Omni refused it.
-FAILED_DOCUMENT_STATES = frozenset({DOC_UPLOAD_FAILED, DOC_UNMATCHED, DOC_MISMATCH, "invalid"})
+FAILED_DOCUMENT_STATES = frozenset({DOC_UPLOAD_FAILED, DOC_UNMATCHED, DOC_MISMATCH, DOC_INVALID})
 
 
 def _item_problems(rows: list[dict[str, Any]], documents: list[dict[str, Any]]) -> list[str]:
