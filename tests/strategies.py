@@ -270,7 +270,8 @@ def _bad_text(draw: st.DrawFn) -> str:
     return base[:at] + char + base[at:]
 
 
-def _misspelt_event_type(draw: st.DrawFn, original: str) -> str:
+def _misspelt_event_type(draw: st.DrawFn, original: str | None) -> str:
+    original = original or RETURN  # a return posting may have no eventType
     variants = [original.lower(), original.title(), original + "\x00", original.replace("_", "-"), original.replace("_", " "),
                 original[:-1], "OUTWARD_ORDER_" + original, draw(_RANDOM_TEXT)]
     return draw(st.sampled_from([v for v in variants if v.strip() not in settings.KNOWN_EVENTS] or ["NOT_AN_EVENT"]))
@@ -298,7 +299,7 @@ def _bad_values(draw: st.DrawFn, kind: str, original: Any) -> list[Any]:
         values = [True, False, -1, -(10**6), ceiling + 1, 10**12, 10**20, 2**63, 1.5, 2.0, "2", "", [], {}]
         return [DELETE, None, *values] if kind == REQUIRED_QUANTITY else values
     if kind == MONEY:
-        return [True, False, -0.01, -5, 10**10, 1e20, 1e-05, "12.50", "", [], {}]
+        return [True, False, -0.01, -5, 10**10, 1e20, 9999999999.99999, "12.50", "", [], {}]
     if kind == FLAG:
         return [1, 0, 2, "yes", "", "maybe", [], {}]
     if kind == REQUIRED_ARRAY:

@@ -90,6 +90,9 @@ GOOD = {
     "money-as-integer-and-4-decimals": (
         lambda: _with_item(_create(), sellingPricePerUnit=1120.1234), "900001", "OUTWARD_ORDER_CREATE", "pending"
     ),
+    "money-with-double-noise": (
+        lambda: _with_item(_create(), sellingPricePerUnit=1120.0000000000002), "900001", "OUTWARD_ORDER_CREATE", "pending"
+    ),
     "cancel-without-order-items": (
         lambda: {**sample("outward_order_cancel.json"), "orderItems": None}, "900057", "OUTWARD_ORDER_CANCEL", "pending"
     ),

@@ -13,7 +13,8 @@ absurd reaches the ERP, while real Increff payloads pass:
 - Quantities are JSON integers from 0 to ``settings.max_line_quantity()`` (read per call); booleans,
   floats and strings are not numbers; ``null`` is an error where the quantity is required
   (``orderedQuantity``, ``shipmentItems[].quantity``) and 0 where it is optional (``cancelledQuantity``).
-- Money is a non-negative JSON number below 10^10 with at most 4 decimals; booleans and strings are refused.
+- Money is a non-negative JSON number below 10^10, rounded to 4 decimals where a double's noise gives more
+  (``120.00000000000001``); booleans and strings are refused.
 - Flags are ``true``/``false`` (or those two words as strings, as Increff sends ``isSplitRequired``).
 - Every optional field accepts ``null`` as its default; unknown fields are ignored (and kept in the
   stored raw posting).
@@ -31,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -50,6 +51,7 @@ from omni_erp.settings import MAX_STRING_LENGTH
 
 JAVA_LONG_MAX = 2**63 - 1
 MAX_MONEY = Decimal(10) ** 10  # per unit or line; far above any Ajio order, far below an overflow
+_FOUR_PLACES = Decimal("0.0001")
 # Categories refused in received strings: control, format (bidi, zero-width, BOM), surrogates, line/paragraph separators.
 FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -130,7 +132,12 @@ def _money(value: Any) -> Any:
     if not 0 <= value < MAX_MONEY:
         raise PydanticCustomError("money", "must be from 0 to less than {limit}", {"limit": int(MAX_MONEY)})
     # str() first: a float's shortest representation, so 1120.1 stays 1120.1 and not its binary expansion.
-    return Decimal(str(value))
+    amount = Decimal(str(value))
+    exponent = amount.as_tuple().exponent  # an int: NaN and infinities were refused above
+    if isinstance(exponent, int) and exponent < -4:
+        # Amounts Increff computes in doubles arrive as e.g. 120.00000000000001: float noise, not data.
+        amount = amount.quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
+    return amount
 
 
 def _flag(value: Any) -> bool:
@@ -146,7 +153,7 @@ RequiredStr = Annotated[str, Field(min_length=1, max_length=MAX_STRING_LENGTH), 
 StatusStr = Annotated[str, Field(max_length=32), BeforeValidator(_safe_text)]  # enum-like values the ledger keeps in 32
 MessageId = Annotated[str, PlainValidator(_message_id)]
 Quantity = Annotated[int, PlainValidator(_quantity)]
-Money = Annotated[Decimal, Field(ge=0, lt=MAX_MONEY, max_digits=14, decimal_places=4), BeforeValidator(_money)]
+Money = Annotated[Decimal, Field(ge=0, lt=MAX_MONEY), BeforeValidator(_money)]
 Flag = Annotated[bool, PlainValidator(_flag)]
 
 
