@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from omni_erp.ledger.tables import inbox_message
@@ -95,6 +95,7 @@ def check_invalid_posting_is_refused(inbox: Inbox, mutation: Mutation) -> None:
 
     response = inbox.post(mutation.content())
 
+    event(f"answered {response.status_code}")  # the status mix, shown by --hypothesis-show-statistics
     _assert_increff_shape(response, ok=False)
     assert response.status_code == mutation.status, f"{mutation.description}: {response.status_code} {response.text}"
     assert _row_count(inbox) == before
