@@ -5,7 +5,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet
 
-.PHONY: venv demo test test-fast bench lint lock clean
+.PHONY: venv demo test test-fast chaos bench lint lock clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -28,6 +28,10 @@ test: venv
 ## test-fast: the inner loop, without dag.test() runs
 test-fast: venv
 	$(VENV)/bin/python -m pytest -m "not integration"
+
+## chaos: 2,000 orders through all five DAGs while the ERP, Omni, PostgreSQL and task processes fail; exits 1 unless the zeros are zero
+chaos: venv
+	$(VENV)/bin/python -m omni_erp.chaos
 
 ## bench: throughput and parse-time benchmarks
 bench: venv

@@ -111,7 +111,14 @@ def invalid_postings(valid: dict[str, Any]) -> list[dict[str, Any]]:
     return [no_id, bad_type, conflict]
 
 
-def build_plan(orders: int, seed: int) -> Plan:
+def build_plan(orders: int, seed: int, *, scale: int = 1) -> Plan:
+    """Generate ``orders`` CREATE postings and give each order its path.
+
+    :param orders: how many orders (at least 40 with ``scale=1``).
+    :param seed: seed of the generated orders and of the path assignment.
+    :param scale: multiplies every path's quota (``make chaos`` walks each path many times).
+    """
+    quotas = {p: n * scale for p, n in QUOTAS.items()}
     creates = generate_orders(
         orders, seed=seed, missing_po_rate=0.05, fully_cancelled_rate=0.05, partially_cancelled_rate=0.2
     )
@@ -133,14 +140,14 @@ def build_plan(orders: int, seed: int) -> Plan:
     rng.shuffle(bookable)
     # Partial cancellation after invoicing needs a line with at least two invoiced units.
     can_split = [c for c in bookable if any(i["orderedQuantity"] - i["cancelledQuantity"] >= 2 for i in c["orderItems"])]
-    for c in can_split[: QUOTAS[PARTIAL_CANCEL]]:
+    for c in can_split[: quotas[PARTIAL_CANCEL]]:
         path[c["orderCode"]] = PARTIAL_CANCEL
     rest = [c for c in bookable if c["orderCode"] not in path]
-    needed = sum(n for p, n in QUOTAS.items() if p != PARTIAL_CANCEL)
+    needed = sum(n for p, n in quotas.items() if p != PARTIAL_CANCEL)
     if len(rest) < needed + 3:
-        raise SystemExit(f"demo: {orders} orders are too few for every path; use --orders 40 or more")
+        raise SystemExit(f"demo: {orders} orders are too few for every path; use --orders {40 * scale} or more")
     cursor = 0
-    for p, n in QUOTAS.items():
+    for p, n in quotas.items():
         if p == PARTIAL_CANCEL:
             continue
         for c in rest[cursor : cursor + n]:

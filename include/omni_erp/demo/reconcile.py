@@ -12,7 +12,6 @@ from omni_erp.demo import plan as paths
 WIDTH = 60
 
 
-
 def _section(title: str, rows: list[tuple[str, Any]]) -> None:
     print(f"\n{title}")
     print("-" * 78)
@@ -22,6 +21,71 @@ def _section(title: str, rows: list[tuple[str, Any]]) -> None:
 
 def _write_calls(state: dict[str, Any]) -> int:
     return sum(n for endpoint, n in state["request_counts"].items() if endpoint.startswith("POST"))
+
+
+def path_results(plan: paths.Plan, ledger: Any, erp: dict[str, Any]) -> dict[str, list[bool]]:
+    """Per planned path, one bool per order: did it end where that path leads (ledger and ERP agree)?
+
+    :param plan: the generated orders and their paths.
+    :param ledger: the ``Ledger`` the DAGs wrote.
+    :param erp: the ERP sandbox's ``/_sandbox/state``.
+    """
+    orders = {c["orderCode"]: ledger.get_order(c["orderCode"]) for c in plan.creates}
+    invoices = _by_order(ledger.documents(s.DOC_INVOICE))
+    credit_notes = _by_order(ledger.documents(s.DOC_CREDIT_NOTE))
+    returns = _by_order(ledger.return_orders())
+    order_posting_dead = {d["business_key"] for d in ledger.dead_letters() if d["stage"] == s.STAGE_ORDER_POSTING}
+    erp_orders = Counter(o["orderCode"] for o in erp["sales_orders"])
+    erp_invoice_by_order = {i["orderCode"]: i for i in erp["invoices"]}
+
+    def walked(code: str, path: str) -> bool:
+        order = orders[code]
+        invoice = next(iter(invoices.get(code, [])), None)
+        notes_for_order = credit_notes.get(code, [])
+        order_returns = returns.get(code, [])
+        if path == paths.MISSING_PO:
+            return order is None and erp_orders[code] == 0 and code in order_posting_dead
+        if order is None or erp_orders[code] > 1:
+            return False
+        if path == paths.NOTHING_TO_INVOICE:
+            return order["state"] == s.ORDER_NOTHING_TO_INVOICE and erp_orders[code] == 0
+        if path == paths.CANCEL_BEFORE_BOOKING:
+            return order["cancel_route"] == s.CANCEL_NOT_BOOKED and erp_orders[code] == 0
+        if path == paths.CANCEL_BEFORE_INVOICING:
+            return order["cancel_route"] == s.CANCEL_SALES_ORDER and code not in erp_invoice_by_order
+        if path == paths.CANCEL_WITHIN_24H:
+            return (order["cancel_route"] == s.CANCEL_IRN and code in erp_invoice_by_order
+                    and erp_invoice_by_order[code]["status"] == "CANCELLED")
+        if path == paths.CANCEL_AFTER_24H:
+            return order["cancel_route"] == s.CANCEL_CREDIT_NOTE and [n["state"] for n in notes_for_order] == [s.DOC_KEPT_IN_ERP]
+        if invoice is None or invoice["state"] != s.DOC_UPLOADED:
+            return False
+        if path == paths.PLAIN:
+            return order["state"] == s.ORDER_COMPLETED and not order_returns
+        if path == paths.PARTIAL_CANCEL:
+            return (order["state"] == s.ORDER_COMPLETED_WITH_RETURN
+                    and [(r["kind"], r["state"]) for r in order_returns] == [(s.RETURN_PARTIAL_CANCEL, s.RETURN_BOOKED)]
+                    and [n["state"] for n in notes_for_order] == [s.DOC_KEPT_IN_ERP])
+        if path in (paths.CUSTOMER_RETURN, paths.RTO):
+            if len(order_returns) != 1:
+                return False
+            [ret] = order_returns
+            if ret["state"] == s.RETURN_MANUAL_ONLY:
+                return not notes_for_order and bool(ledger.manual_settlements(ret["return_order_code"]))
+            return ret["state"] == s.RETURN_BOOKED and [n["state"] for n in notes_for_order] == [s.DOC_UPLOADED]
+        return False
+
+    per_path: dict[str, list[bool]] = {}
+    for code, path in plan.path.items():
+        per_path.setdefault(path, []).append(walked(code, path))
+    return per_path
+
+
+def _by_order(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["order_code"], []).append(row)
+    return grouped
 
 
 def reconcile(plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: tuple, after: tuple, wall_s: float) -> int:
@@ -37,7 +101,6 @@ def reconcile(plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: 
     dead = ledger.dead_letters()
     settlements = ledger.manual_settlements()
     erp_orders = Counter(o["orderCode"] for o in erp["sales_orders"])
-    erp_invoice_by_order = {i["orderCode"]: i for i in erp["invoices"]}
     omni_invoices = {d["body"]["invoiceNumber"]: d["body"] for d in omni_state["invoices"]}
     omni_credit_notes = {d["body"]["creditNoteNumber"]: d["body"] for d in omni_state["credit_notes"]}
     by_event = Counter(p["event_type"] for p in postings)
@@ -109,45 +172,7 @@ def reconcile(plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: 
         ("calls refused with a 4xx (needs a person)", calls[("erp", "rejected")] + calls[("omni", "rejected")]),
     ])
 
-    # --- every order walked its path -------------------------------------------------------
-    def walked(code: str, path: str) -> bool:
-        order = orders[code]
-        invoice = next((d for d in invoices if d["order_code"] == code), None)
-        notes_for_order = [d for d in credit_notes if d["order_code"] == code]
-        order_returns = [r for r in returns if r["order_code"] == code]
-        if path == paths.MISSING_PO:
-            return order is None and erp_orders[code] == 0 and any(d["stage"] == s.STAGE_ORDER_POSTING and
-                                                                   d["business_key"] == code for d in dead)
-        if path == paths.NOTHING_TO_INVOICE:
-            return order["state"] == s.ORDER_NOTHING_TO_INVOICE and erp_orders[code] == 0
-        if erp_orders[code] > 1:
-            return False
-        if path == paths.CANCEL_BEFORE_BOOKING:
-            return order["cancel_route"] == s.CANCEL_NOT_BOOKED and erp_orders[code] == 0
-        if path == paths.CANCEL_BEFORE_INVOICING:
-            return order["cancel_route"] == s.CANCEL_SALES_ORDER and code not in erp_invoice_by_order
-        if path == paths.CANCEL_WITHIN_24H:
-            return order["cancel_route"] == s.CANCEL_IRN and erp_invoice_by_order[code]["status"] == "CANCELLED"
-        if path == paths.CANCEL_AFTER_24H:
-            return order["cancel_route"] == s.CANCEL_CREDIT_NOTE and [n["state"] for n in notes_for_order] == [s.DOC_KEPT_IN_ERP]
-        if invoice is None or invoice["state"] != s.DOC_UPLOADED:
-            return False
-        if path == paths.PLAIN:
-            return order["state"] == s.ORDER_COMPLETED and not order_returns
-        if path == paths.PARTIAL_CANCEL:
-            return (order["state"] == s.ORDER_COMPLETED_WITH_RETURN
-                    and [(r["kind"], r["state"]) for r in order_returns] == [(s.RETURN_PARTIAL_CANCEL, s.RETURN_BOOKED)]
-                    and [n["state"] for n in notes_for_order] == [s.DOC_KEPT_IN_ERP])
-        if path in (paths.CUSTOMER_RETURN, paths.RTO):
-            [ret] = order_returns
-            if ret["state"] == s.RETURN_MANUAL_ONLY:
-                return not notes_for_order and bool(ledger.manual_settlements(ret["return_order_code"]))
-            return ret["state"] == s.RETURN_BOOKED and [n["state"] for n in notes_for_order] == [s.DOC_UPLOADED]
-        return False
-
-    per_path: dict[str, list[bool]] = {}
-    for code, path in plan.path.items():
-        per_path.setdefault(path, []).append(walked(code, path))
+    per_path = path_results(plan, ledger, erp)
     print("\nEvery order, by path (as expected / orders)")
     print("-" * 78)
     for path, results in sorted(per_path.items()):

@@ -52,8 +52,8 @@ class FaultConfig(BaseModel):
     ``hang_rate`` waits ``timeout_s`` without doing the work, then answers 504; ``reset_rate`` closes the
     connection without any response (TCP reset), half of the time before the work and half after it.
     ``stall_next`` holds the next successful calls (of ``stall_endpoint`` only, when set) for ``stall_s``
-    after the work is done, and lists them in ``stalled`` while they wait - so a watcher can kill the
-    caller between "the server committed" and "the caller recorded it".
+    after the work is done (or until ``POST /_sandbox/release``), and lists them in ``stalled`` while they
+    wait - so a watcher can kill the caller between "the server committed" and "the caller recorded it".
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -167,6 +167,7 @@ class FaultInjector:
         self._counts: Counter[str] = Counter()
         self._injected: Counter[str] = Counter()
         self._stalled: dict[int, dict[str, Any]] = {}
+        self._releases: dict[int, asyncio.Event] = {}
         self._rejected: list[dict[str, Any]] = []
 
     # --- configuration and bookkeeping ---------------------------------------------------
@@ -241,9 +242,17 @@ class FaultInjector:
         app.add_api_route("/_sandbox/config", self._get_config, methods=["GET"])
         app.add_api_route("/_sandbox/config", self._post_config, methods=["POST"])
         app.add_api_route("/_sandbox/faults", self._get_faults, methods=["GET"])
+        app.add_api_route("/_sandbox/release", self._release_stalls, methods=["POST"])
 
     async def _get_faults(self) -> dict[str, Any]:
         return self.fault_snapshot()
+
+    async def _release_stalls(self) -> dict[str, Any]:
+        """Let every stalled call answer now (its caller may be gone; the slot it holds is freed)."""
+        released = list(self._releases.values())
+        for event in released:
+            event.set()
+        return {"released": len(released)}
 
     async def _get_config(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
@@ -363,9 +372,13 @@ class FaultInjector:
             if mode == "timeout":
                 await asyncio.sleep(cfg.timeout_s)
             elif response.status_code < 400 and (ticket := self._take_stall(endpoint, request)) is not None:
+                release = self._releases[ticket] = asyncio.Event()
                 try:
-                    await asyncio.sleep(cfg.stall_s)
+                    await asyncio.wait_for(release.wait(), timeout=cfg.stall_s)
+                except TimeoutError:
+                    pass  # held for the whole stall_s
                 finally:
+                    self._releases.pop(ticket, None)
                     with self._lock:
                         self._stalled.pop(ticket, None)
             return response
