@@ -17,6 +17,7 @@ the next scheduled one would.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -27,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omni_erp.chaos.lanes import Lane, Lanes, RunResult
 from omni_erp.demo import plan as paths
@@ -35,6 +36,8 @@ from omni_erp.demo.stack import INBOX_KEY, Stack
 
 if TYPE_CHECKING:
     from omni_erp.chaos.report import ChaosReport
+
+T = TypeVar("T")
 
 F1, F2, F3, F4, F5 = (
     "omni_order_posting",
@@ -312,8 +315,7 @@ class Chaos:
                 watcher.stop()
                 kill.disarm()
                 if watcher.event is not None:
-                    self.outage.wait_until_up()
-                    kill.confirm(watcher.event)
+                    self.when_ledger_is_up(functools.partial(kill.confirm, watcher.event))
                     self.kills.append(watcher.event)
                     log(f"[kill] {watcher.event.kind}: {watcher.event.detail}; "
                         f"{'confirmed' if watcher.event.confirmed else 'NOT confirmed'} ({watcher.event.evidence})")
@@ -329,9 +331,22 @@ class Chaos:
                 run_at = self.new_run_at()  # the next scheduled run
             # else: retried as the same run, the same batch - as Airflow retries the task; otherwise its
             # postings would wait for their claim lease (30 minutes) to expire
-
         self.notes.append(f"{dag_id} on lane {lane.name} did not settle in {self.settings.max_runs_per_step} runs ({note})")
         return False
+
+    def when_ledger_is_up(self, read: Callable[[], T]) -> T:
+        """``read()`` once PostgreSQL is up; retried while it is (again) unreachable - the outage may begin at any moment."""
+        from sqlalchemy.exc import OperationalError
+
+        deadline = time.monotonic() + 180
+        while True:
+            self.outage.wait_until_up()
+            try:
+                return read()
+            except OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def holds_postings(self, dag_id: str, run_at: str) -> int:
         """Postings the run's batch still holds (claimed, unfinished): it died, or could not give them back."""
@@ -342,8 +357,12 @@ class Chaos:
 
         m = tables.inbox_message
         batch = f"{dag_id}/{run_id_of(run_at)}"
-        with self.ledger.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).where(m.c.batch_id == batch, m.c.state == CLAIMED)).scalar() or 0)
+
+        def count() -> int:
+            with self.ledger.engine.connect() as conn:
+                return int(conn.execute(select(func.count()).where(m.c.batch_id == batch, m.c.state == CLAIMED)).scalar() or 0)
+
+        return self.when_ledger_is_up(count)
 
     def _record(self, result: RunResult, note: str) -> None:
         with self._lock:

@@ -8,6 +8,8 @@ the same ``run_at``, which is what Airflow does when it retries a task whose pro
 the run's logical date and ``run_after``, which ``dag.test()`` makes its run id, so the retry works on
 the same ledger batch (``<dag_id>/<run_id>``). ``env`` sets environment variables for that run only
 (the shifted clock of the scenario, a longer read timeout for a run that is meant to be killed).
+``--warmup DAG_ID`` runs that DAG once before the worker says it is ready, so a fresh process has paid
+its first-run costs (the in-process execution API, imports) before it is handed work.
 
 Two test-only changes to the DAGs, both about time: the SLA deadline is removed (``dag.test()`` crashes
 on it, apache/airflow#73428) and task retry delays are shortened to ``--retry-delay-s`` so a retry after
@@ -34,6 +36,7 @@ def _summary(value: Any) -> Any:
 
 
 def run_one(dagbag: Any, command: dict[str, Any], retry_delay: timedelta) -> dict[str, Any]:
+    """Run one DAG run in this process; return its state and, per task, the state and XCom counts."""
     import pendulum
 
     dag = dagbag.dags[command["dag_id"]]
