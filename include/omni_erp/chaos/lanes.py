@@ -219,10 +219,6 @@ class Lane:
         return RunResult(self.name, dag_id, run_at, answer["state"], seconds, run_id=answer.get("run_id"),
                          tasks=answer.get("tasks", {}))
 
-    def run(self, dag_id: str, run_at: str, *, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> RunResult:
-        self.submit(dag_id, run_at, conf=conf, env=env)
-        return self.wait()
-
 
 class Lanes:
     """The chaos run's task processes: a private dags folder, one metadata DB made once, and the lanes.

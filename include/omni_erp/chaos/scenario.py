@@ -108,6 +108,7 @@ class ChaosSettings:
     :param batch_limit: postings one F1 run claims while the lanes run side by side.
     :param lanes: task processes running DAG runs side by side (F1 runs on all of them while orders arrive).
     :param retry_delay_s: Airflow task retry delay inside a run.
+    :param run_timeout_s: a DAG run taking longer is treated as hung: its process is killed and replaced.
     """
 
     orders: int = 2000
@@ -118,6 +119,7 @@ class ChaosSettings:
     batch_limit: int | None = None
     lanes: int = 2
     retry_delay_s: float = 2.0
+    run_timeout_s: float = 900.0
     erp_faults: dict[str, Any] = field(default_factory=lambda: dict(ERP_FAULTS))
     omni_faults: dict[str, Any] = field(default_factory=lambda: dict(OMNI_FAULTS))
     http_policy: dict[str, str] = field(default_factory=lambda: dict(HTTP_POLICY))
@@ -129,6 +131,7 @@ class ChaosSettings:
         values: dict[str, Any] = {
             "orders": 80, "workdir": workdir, "pg_outage_s": 3.0, "kills": (KILL_AFTER_ERP_COMMIT,), "batch_limit": 25,
             "lanes": 1,
+            "run_timeout_s": 180.0,
             # One lane: a timed-out call the ERP still works on is enough to exceed a cap of one.
             "erp_faults": {**ERP_FAULTS, "max_concurrency": 1},
         }
@@ -310,7 +313,7 @@ class Chaos:
             if kill is not None:
                 watcher = _Watcher(self, lane, dag_id, kill)
                 watcher.start()
-            result = lane.wait()
+            result = lane.wait(self.settings.run_timeout_s)
             if watcher is not None and kill is not None:
                 watcher.stop()
                 kill.disarm()
@@ -585,7 +588,8 @@ class Chaos:
             self.wait_for_erp_documents()
             results = []
             for dag_id in ALL_DAGS:
-                result = lane.run(dag_id, self.new_run_at(), conf={"limit": 5000}, env=dict(self.env))
+                lane.submit(dag_id, self.new_run_at(), conf={"limit": 5000}, env=dict(self.env))
+                result = lane.wait(self.settings.run_timeout_s)
                 self._record(result, f"(final round {n})")
                 results.append(result)
             after = self.fingerprint()
