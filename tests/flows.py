@@ -86,3 +86,16 @@ def invoice_of(erp, order_code: str) -> dict:
 def sales_order_of(erp, order_code: str) -> dict:
     [order] = [o for o in erp.state()["sales_orders"] if o["orderCode"] == order_code]
     return order
+
+
+def crash_first_finish(monkeypatch) -> None:
+    """Make the next ``Ledger.finish_posting`` raise, as a worker lost between two ledger writes would."""
+    real_finish = Ledger.finish_posting
+    crashes = iter([True])
+
+    def finish_then_crash(self, *args, **kwargs):
+        if next(crashes, False):
+            raise RuntimeError("worker lost between two ledger writes")
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "finish_posting", finish_then_crash)

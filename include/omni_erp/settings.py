@@ -58,12 +58,7 @@ def max_line_quantity() -> int:
 
     :raises ValueError: when the variable is set to anything but a positive integer (a deployment error).
     """
-    raw = os.environ.get(MAX_LINE_QUANTITY_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_LINE_QUANTITY
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{MAX_LINE_QUANTITY_ENV} must be a positive integer, not {raw!r}")
-    return int(raw)
+    return _positive_int(MAX_LINE_QUANTITY_ENV, DEFAULT_MAX_LINE_QUANTITY)
 
 
 MAX_ITEM_ATTEMPTS_ENV = "OMNI_ERP_MAX_ITEM_ATTEMPTS"
@@ -75,11 +70,16 @@ def max_item_attempts() -> int:
 
     :raises ValueError: when the variable is set to anything but a positive integer (a deployment error).
     """
-    raw = os.environ.get(MAX_ITEM_ATTEMPTS_ENV, "").strip()
+    return _positive_int(MAX_ITEM_ATTEMPTS_ENV, DEFAULT_MAX_ITEM_ATTEMPTS)
+
+
+def _positive_int(name: str, default: int) -> int:
+    """``$name`` as a positive integer, ``default`` when unset; anything else is a deployment error."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_MAX_ITEM_ATTEMPTS
+        return default
     if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{MAX_ITEM_ATTEMPTS_ENV} must be a positive integer, not {raw!r}")
+        raise ValueError(f"{name} must be a positive integer, not {raw!r}")
     return int(raw)
 
 

@@ -44,6 +44,7 @@ from tests.flows import (
     CREDIT_NOTE_CALL,
     DAY,
     book,
+    crash_first_finish,
     create_posting,
     erp_writes,
     invoice_of,
@@ -401,18 +402,10 @@ def test_a_cancellation_for_an_order_in_an_impossible_state_does_not_stop_the_ot
 
 
 def test_a_crash_between_registering_the_order_and_finishing_the_posting_leaves_nothing_half_recorded(erp, any_ledger, monkeypatch):
-    ledger = any_ledger
     """The cancel-before-create route writes three things; a failure before the last rolls back all of them."""
+    ledger = any_ledger
     create = create_posting(1, "FN0000000001")
-    real_finish = Ledger.finish_posting
-    crashes = iter([True])
-
-    def finish_then_crash(self, *args, **kwargs):
-        if next(crashes, False):
-            raise RuntimeError("worker lost between two ledger writes")
-        return real_finish(self, *args, **kwargs)
-
-    monkeypatch.setattr(Ledger, "finish_posting", finish_then_crash)
+    crash_first_finish(monkeypatch)
     with pytest.raises(AirflowFailException, match=r"1 item\(s\) deferred"):
         _cancel(ledger, cancel_posting(create, 2))
     assert ledger.get_order("FN0000000001") is None  # not registered as cancelled without its route

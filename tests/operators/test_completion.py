@@ -41,7 +41,7 @@ from omni_erp.states import (
     RETURN_PARTIAL_CANCEL,
     RETURN_REJECTED,
 )
-from tests.flows import book, create_posting, record_invoices, store
+from tests.flows import book, crash_first_finish, create_posting, record_invoices, store
 
 COMPLETE = "OUTWARD_ORDER_COMPLETE"
 BATCH = "omni_order_completion/manual__test"
@@ -498,15 +498,7 @@ def test_a_crash_before_the_posting_is_finished_rolls_back_the_order_state_and_t
     """After the ERP booked the return order: its record, the order's state and the finished posting are one transaction."""
     ledger = any_ledger
     create = _booked_and_invoiced(ledger)
-    real_finish = Ledger.finish_posting
-    crashes = iter([True])
-
-    def finish_then_crash(self, *args, **kwargs):
-        if next(crashes, False):
-            raise RuntimeError("worker lost between two ledger writes")
-        return real_finish(self, *args, **kwargs)
-
-    monkeypatch.setattr(Ledger, "finish_posting", finish_then_crash)
+    crash_first_finish(monkeypatch)
     assert "1 item(s) deferred" in _complete_failing(ledger, complete_posting(create, 2, cancelled_after_invoice={SKU_A: 1}))
     [stored] = ledger.return_orders(order_code=CODE)  # registered with the shipment before the ERP call ...
     assert stored["erp_return_order_id"] is None and stored["state"] != RETURN_BOOKED  # ... its booking not recorded

@@ -20,6 +20,7 @@ from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator, plan_return
 from omni_erp.sandbox.lifecycle import return_posting
 from omni_erp.states import DEAD, DONE, ORDER_INVOICED, PENDING, RETURN_BOOKED
+from tests.flows import crash_first_finish
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RETURN = "RETURN_ORDER_COMPLETE"
@@ -382,15 +383,7 @@ def test_a_crash_while_recording_a_manual_only_return_leaves_nothing_half_record
     """Return order, manual-settlement units and the finished posting are one transaction."""
     _book(ledger, _create(1, "FN0000000001"))
     _store(ledger, return_posting(_create(1, "FN0000000001"), 101, return_order_code="RTN-1", units=[(SKU_A, "FAIL"), (SKU_B, None)]))
-    real_finish = Ledger.finish_posting
-    crashes = iter([True])
-
-    def finish_then_crash(self, *args, **kwargs):
-        if next(crashes, False):
-            raise RuntimeError("worker lost between two ledger writes")
-        return real_finish(self, *args, **kwargs)
-
-    monkeypatch.setattr(Ledger, "finish_posting", finish_then_crash)
+    crash_first_finish(monkeypatch)
     assert "1 item(s) deferred" in _returns_failing(ledger)
     assert ledger.get_return_order("RTN-1") is None and ledger.manual_settlements() == []
     assert ledger.postings(RETURN)[0]["state"] == PENDING
