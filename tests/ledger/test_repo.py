@@ -73,6 +73,46 @@ def test_expired_lease_is_reclaimed_and_released_posting_is_retried(ledger_url):
     assert [(p.message_id, p.attempts) for p in retry] == [("1", 1)]
 
 
+def _leases(ledger: Ledger) -> dict[str, tuple[str, str | None, object]]:
+    return {r["message_id"]: (r["state"], r["batch_id"], r["lease_until"]) for r in ledger.postings()}
+
+
+def test_renewing_a_lease_keeps_the_postings_the_batch_holds_from_other_claimers(ledger_url):
+    ledger = Ledger(ledger_url)
+    _store(ledger, 3)
+    ledger.claim_postings(event_types=[CREATE], batch_id="live", lease=timedelta(seconds=-1))  # lease already over
+    ledger.finish_posting("3", outcome="booked", batch_id="live")
+    assert ledger.renew_lease("live", timedelta(minutes=5)) == 2  # the two it still holds, not the finished one
+    assert ledger.claim_postings(event_types=[CREATE], batch_id="other") == []
+    renewed = _leases(ledger)
+    assert {m: (state, batch) for m, (state, batch, _) in renewed.items()} == {
+        "1": (CLAIMED, "live"), "2": (CLAIMED, "live"), "3": (DONE, "live")
+    }
+    assert renewed["3"][2] is None
+    # A lease is never shortened (a task configured with a shorter lease renews nothing).
+    assert ledger.renew_lease("live", timedelta(seconds=1)) == 0
+    assert _leases(ledger) == renewed
+
+
+def test_a_dead_batch_cannot_renew_postings_another_batch_took_over(ledger_url):
+    ledger = Ledger(ledger_url)
+    _store(ledger, 2)
+    ledger.claim_postings(event_types=[CREATE], batch_id="dead", lease=timedelta(seconds=-1))
+    assert [p.message_id for p in ledger.claim_postings(event_types=[CREATE], batch_id="next")] == ["1", "2"]
+    taken_over = _leases(ledger)
+    assert ledger.renew_lease("dead", timedelta(minutes=5)) == 0
+    assert _leases(ledger) == taken_over and {batch for _, batch, _ in taken_over.values()} == {"next"}
+
+
+def test_a_retried_claim_renews_the_lease_of_what_the_batch_already_holds(ledger_url):
+    ledger = Ledger(ledger_url)
+    _store(ledger, 2)
+    ledger.claim_postings(event_types=[CREATE], batch_id="run-1", limit=1, lease=timedelta(seconds=-1))
+    again = ledger.claim_postings(event_types=[CREATE], batch_id="run-1", limit=0, lease=timedelta(minutes=5))
+    assert [p.message_id for p in again] == ["1"]
+    assert [p.message_id for p in ledger.claim_postings(event_types=[CREATE], batch_id="run-2")] == ["2"]
+
+
 @pytest.mark.parametrize("workers", [2, 4], ids=["2-workers", "4-workers"])
 def test_concurrent_claims_never_hand_out_the_same_posting(ledger_url, workers):
     total = 120

@@ -114,7 +114,7 @@ def test_a_slow_first_try_cannot_undo_what_a_later_run_recorded(erp, ledger, mon
     wants to give the posting back. It no longer holds it, so nothing it records applies."""
     store(ledger, create_posting(1, "FN0000000001"))
     OmniInboxClaimOperator(task_id="c", batch_id="run-1", event_types=[CREATE], lease_minutes=0).execute(context={})
-    ErpSalesOrderMapOperator(task_id="m", batch_id="run-1").execute(context={})
+    ErpSalesOrderMapOperator(task_id="m", batch_id="run-1", lease_minutes=0).execute(context={})  # renews with run 1's lease
     monkeypatch.setenv("OMNI_ERP_HTTP_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("OMNI_ERP_HTTP_READ_TIMEOUT_S", "1.5")
     erp.configure(stall_next=1, stall_endpoint="POST /api/v1/sales-orders", stall_s=4)  # booked, answer held back
@@ -122,7 +122,7 @@ def test_a_slow_first_try_cannot_undo_what_a_later_run_recorded(erp, ledger, mon
 
     def slow_first_try() -> None:
         try:
-            ErpSalesOrderCreateOperator(task_id="b", batch_id="run-1").execute(context={})
+            ErpSalesOrderCreateOperator(task_id="b", batch_id="run-1", lease_minutes=0).execute(context={})
         except AirflowFailException as exc:
             first_try["failed"] = str(exc)
 

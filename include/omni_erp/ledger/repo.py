@@ -27,6 +27,10 @@ from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING
 from omni_erp.timeutil import now
 
 StoreResult = Literal["stored", "duplicate", "conflict"]
+# How long a claim protects a posting unless its batch renews it. The operators' default and the
+# reasoning behind it: omni_erp.operators.base.DEFAULT_LEASE_MINUTES.
+DEFAULT_LEASE = timedelta(minutes=5)
+
 
 def content_hash(payload: Any) -> str:
     """Hash of the posting's JSON content, independent of key order and whitespace."""
@@ -160,14 +164,14 @@ class Ledger:
         return "duplicate" if existing == digest else "conflict"
 
     def claim_postings(
-        self, *, event_types: list[str], batch_id: str, limit: int = 500, lease: timedelta = timedelta(minutes=30)
+        self, *, event_types: list[str], batch_id: str, limit: int = 500, lease: timedelta = DEFAULT_LEASE
     ) -> list[ClaimedPosting]:
-        """Claim up to ``limit`` postings of ``event_types`` for ``batch_id``.
+        """Claim up to ``limit`` postings of ``event_types`` for ``batch_id``, each for ``lease`` from now.
 
-        Postings already claimed by the same batch are returned again (a retried claim task is
-        idempotent); pending postings and claims whose lease expired (a crashed run) are added.
-        Two workers claiming at once never receive the same posting: PostgreSQL skips rows locked by
-        the other (``FOR UPDATE SKIP LOCKED``), SQLite serialises writers (``BEGIN IMMEDIATE``).
+        Postings already claimed by the same batch are returned again, their lease renewed (a retried
+        claim task is idempotent); pending postings and claims whose lease expired (a crashed run) are
+        added. Two workers claiming at once never receive the same posting: PostgreSQL skips rows
+        locked by the other (``FOR UPDATE SKIP LOCKED``), SQLite serialises writers (``BEGIN IMMEDIATE``).
         """
         ts = now()
         m = t.inbox_message
@@ -188,10 +192,22 @@ class Ledger:
                     .where(m.c.id.in_(ids))
                     .values(state=CLAIMED, batch_id=batch_id, lease_until=ts + lease, updated_at=ts)
                 )
+            conn.execute(_extend_lease(batch_id, ts + lease))
             rows = conn.execute(
                 select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED, m.c.event_type.in_(event_types)).order_by(m.c.id)
             ).all()
         return [_claimed(r) for r in rows]
+
+    def renew_lease(self, batch_id: str, lease: timedelta = DEFAULT_LEASE) -> int:
+        """Extend to ``lease`` from now the lease of every posting ``batch_id`` still holds; returns how many changed.
+
+        The batch's owner calls it while it works, so a live run keeps its claims however long it takes,
+        while the claims of a dead run expire one lease after its last renewal. A lease is only ever
+        extended, never shortened; postings the batch finished, released or lost to another batch (its
+        lease had expired) are not touched. One UPDATE.
+        """
+        with self._write() as conn:
+            return conn.execute(_extend_lease(batch_id, now() + lease)).rowcount
 
     def claimed_postings(self, batch_id: str, event_types: list[str] | None = None) -> list[ClaimedPosting]:
         """Postings still claimed by ``batch_id`` (not yet done, dead or released)."""
@@ -660,6 +676,16 @@ def _insert_ignoring_conflicts(conn: Connection, table: Any) -> Any:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     # RETURNING tells whether a row went in: psycopg reports rowcount -1 for these statements.
     return dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def _extend_lease(batch_id: str, until: datetime) -> Any:
+    """UPDATE moving the lease of the postings ``batch_id`` holds to ``until``, where that is later."""
+    m = t.inbox_message
+    return (
+        update(m)
+        .where(m.c.batch_id == batch_id, m.c.state == CLAIMED, or_(m.c.lease_until.is_(None), m.c.lease_until < until))
+        .values(lease_until=until)
+    )
 
 
 def _held_by(batch_id: str | None) -> tuple[Any, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,6 +13,7 @@ from airflow.sdk import BaseOperator
 from omni_erp import settings
 from omni_erp.exceptions import RemoteUnavailableError
 from omni_erp.states import STAGE_CANCELLATION, STAGE_COMPLETION, STAGE_ORDER_POSTING, STAGE_RETURN
+from omni_erp.timeutil import now
 
 if TYPE_CHECKING:
     from omni_erp.hooks.base import Attempt
@@ -23,6 +25,21 @@ Item = TypeVar("Item")
 
 # One batch per DAG run: a retried task re-reads the same batch instead of claiming a new one.
 DEFAULT_BATCH_ID = "{{ dag.dag_id }}/{{ run_id }}"
+
+# How long a claim protects its postings unless the batch's owner renews it (Ledger.renew_lease).
+# A live run renews before each posting it handles and after each HTTP attempt, at most once per
+# tenth of the lease, so the longest time between two renewals is that tenth (30 s) plus one HTTP
+# attempt (connect 5 s + read 30 s) plus the backoff before it (at most 30 s, Retry-After included):
+# about 95 s with the hooks' defaults (hooks/base.py RetryPolicy), a third of the lease. Renewing only
+# between postings would not do: one call can take 5 attempts x 35 s + 4 waits x 30 s = ~5 minutes, and
+# an item may make several calls (F3 cancels the IRN, then the sales order). Between two tasks of a
+# run nothing renews; 5 minutes also covers the scheduler's gap and Airflow's retry delay (1-2 min).
+# A dead run's postings are free 5 minutes after its last renewal, so a run at most 5 minutes later
+# (F1 runs every 5) books them about 10 minutes late, inside F1's 15-minute SLA, instead of 30+.
+# Where the lease lapses anyway (a task waits longer), nothing breaks: every write applies only while
+# the batch still holds the posting, and ERP calls carry idempotency keys. Raise it along with the
+# OMNI_ERP_HTTP_* timeouts (the claim task warns when it is too short for them).
+DEFAULT_LEASE_MINUTES = 5.0
 
 
 # Outcomes process_each gives items itself, and the outcomes that make a run red.
@@ -58,9 +75,15 @@ def _not_about_the_item(exc: BaseException) -> bool:
     """True for failures that are not the item's fault and must fail the task: the ledger is unreachable,
     a connection is missing or misconfigured (Airflow exceptions), or the task is being stopped."""
     from airflow.sdk.exceptions import AirflowException
+
+    return isinstance(exc, AirflowException) or _ledger_unreachable(exc)
+
+
+def _ledger_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the ledger database cannot be reached (down, locked, connection lost)."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-    if isinstance(exc, (OperationalError, AirflowException)):
+    if isinstance(exc, OperationalError):
         return True
     if isinstance(exc, InterfaceError):
         # psycopg's InterfaceError means the connection is gone; sqlite3's means one value could not be bound.
@@ -71,17 +94,66 @@ def _not_about_the_item(exc: BaseException) -> bool:
 class LedgerOperator(BaseOperator):
     """Base for operators that work on one ledger batch.
 
+    While it works, an operator renews the lease of the postings its batch holds (``renew_lease``), so
+    no other run takes them over; a run that died loses them one lease later.
+
     :param batch_id: ledger batch this run works on (templated); defaults to ``<dag_id>/<run_id>``.
     :param ledger_conn_id: connection of the ledger (sqlite or postgres); embedded SQLite when undefined.
+    :param lease_minutes: how long a claim or its renewal protects the batch's postings from other runs
+        (see ``DEFAULT_LEASE_MINUTES``); give every task of a flow the same value, e.g. in ``default_args``.
     """
 
     template_fields: tuple[str, ...] = ("batch_id",)
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, batch_id: str = DEFAULT_BATCH_ID, ledger_conn_id: str = settings.LEDGER_CONN_ID, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        batch_id: str = DEFAULT_BATCH_ID,
+        ledger_conn_id: str = settings.LEDGER_CONN_ID,
+        lease_minutes: float = DEFAULT_LEASE_MINUTES,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.batch_id = batch_id
         self.ledger_conn_id = ledger_conn_id
+        self.lease_minutes = lease_minutes
+        self._lease_renewed_at: datetime | None = None
+
+    @property
+    def lease(self) -> timedelta:
+        """``lease_minutes`` as a duration.
+
+        :raises ValueError: when it is not a number of minutes of at least zero.
+        """
+        minutes = float(self.lease_minutes)
+        if not minutes >= 0:  # also refuses NaN
+            raise ValueError(f"lease_minutes must be a number of minutes >= 0, got {self.lease_minutes!r}")
+        return timedelta(minutes=minutes)
+
+    def renew_lease(self) -> None:
+        """Extend the lease of the postings this batch still holds, unless that was done less than a tenth
+        of the lease ago (one UPDATE; see ``DEFAULT_LEASE_MINUTES`` for when it is called).
+
+        A ledger that cannot be reached is logged, not raised: the claims stay protected until their lease
+        ends, and if the outage lasts, the next ledger write of the work itself fails the task, as any
+        ledger outage does.
+        """
+        lease, at = self.lease, now()
+        last = self._lease_renewed_at
+        if last is not None and timedelta(0) <= at - last < lease / 10:
+            return
+        self._lease_renewed_at = at
+        try:
+            self.ledger.renew_lease(self.batch_id, lease)
+        except Exception as exc:
+            if not _ledger_unreachable(exc):
+                raise
+            self.log.warning(
+                "Could not renew the lease of batch %s (ledger unreachable: %s); its claims hold until the lease ends",
+                self.batch_id,
+                _error_text(exc),
+            )
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -107,6 +179,8 @@ class LedgerOperator(BaseOperator):
             error=attempt.error,
             batch_id=self.batch_id,
         )
+        # One call can outlast the lease (retries and backoff): renew between its attempts too.
+        self.renew_lease()
 
     def defer_posting(self, posting: ClaimedPosting, reason: str) -> None:
         """``process_each``'s ``defer`` for postings: back to the queue with the reason, if this batch still holds it."""
@@ -149,6 +223,9 @@ class LedgerOperator(BaseOperator):
         - a ledger outage or an Airflow exception (missing connection, task timeout) is not about the item:
           it fails the task at once; claimed items keep their lease and the report step releases them.
 
+        Before each posting (``ClaimedPosting``) the batch's lease is renewed (``renew_lease``), so a long
+        batch keeps its claims; other items (ERP documents) carry no lease.
+
         Returns the XCom summary (outcome -> count). Raises ``AirflowFailException`` after the loop when
         any item of this run was deferred, dead-lettered or failed (outcomes ``deferred``, ``dead_letter``,
         ``failed``, ``rejected_by_erp``, ``upload_failed`` and any in ``failed_outcomes``), so the run
@@ -164,12 +241,16 @@ class LedgerOperator(BaseOperator):
         """
         from airflow.sdk.exceptions import AirflowFailException
 
+        from omni_erp.ledger.repo import ClaimedPosting
+
         limit = settings.max_item_attempts()
         bad = FAILED_OUTCOMES | frozenset(failed_outcomes)
         outcomes: Counter[str] = Counter()
         unavailable_in_a_row = 0
         last_outage = first_problem = ""
         for item in items:
+            if isinstance(item, ClaimedPosting):
+                self.renew_lease()
             if unavailable_in_a_row >= max_consecutive_unavailable:
                 outcomes[self._settle(defer, item, f"not attempted, remote system unavailable: {last_outage}", DEFERRED)] += 1
                 continue

@@ -16,36 +16,60 @@ class OmniInboxClaimOperator(LedgerOperator):
     """Claim a batch of pending inbox postings of the given event types for this run.
 
     Safe when two workers claim at once (no posting is handed out twice) and when the task is
-    retried (the same batch is returned again). Postings of a crashed run are reclaimed once their
-    lease expires.
+    retried (the same batch is returned again, its lease renewed). Each claim holds for
+    ``lease_minutes``; the flow's next tasks renew it while they work, so postings of a run that died
+    are reclaimed by a later run once the lease expires (``operators.base.DEFAULT_LEASE_MINUTES``).
 
     :param event_types: ``eventType`` values to claim (templated).
     :param limit: most postings to claim in one run (templated).
-    :param lease_minutes: how long a claim protects its postings from other runs.
+    :param lease_minutes: how long a claim protects its postings from other runs unless renewed.
     """
 
     template_fields = (*LedgerOperator.template_fields, "event_types", "limit")
 
-    def __init__(self, *, event_types: list[str], limit: int | str = 500, lease_minutes: int = 30, **kwargs: Any) -> None:
+    def __init__(self, *, event_types: list[str], limit: int | str = 500, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.event_types = event_types
         self.limit = limit
-        self.lease_minutes = lease_minutes
 
     def execute(self, context: Context) -> dict[str, Any]:
+        lease = self.lease
+        self._warn_if_lease_is_shorter_than_a_call(lease)
         claimed = self.ledger.claim_postings(
             event_types=list(self.event_types),
             batch_id=self.batch_id,
             limit=int(self.limit),
-            lease=timedelta(minutes=self.lease_minutes),
+            lease=lease,
         )
         by_type = Counter(p.event_type for p in claimed)
         redelivered = sum(1 for p in claimed if p.attempts > 0)
         self.log.info(
-            "Claimed %d posting(s) for batch %s: %s (%d previously deferred)",
+            "Claimed %d posting(s) for batch %s for %s unless renewed: %s (%d previously deferred)",
             len(claimed),
             self.batch_id,
+            lease,
             dict(by_type) or "none",
             redelivered,
         )
         return {"batch_id": self.batch_id, "claimed": len(claimed), "by_event_type": dict(by_type), "retried": redelivered}
+
+    def _warn_if_lease_is_shorter_than_a_call(self, lease: timedelta) -> None:
+        """Warn when the HTTP settings let the time between two renewals come close to the lease.
+
+        Renewals come at most a tenth of the lease apart plus one HTTP attempt and the wait before it
+        (``DEFAULT_LEASE_MINUTES``); below twice that, a live run could lose its claims to another run.
+        """
+        from omni_erp.hooks.base import RetryPolicy
+
+        policy = RetryPolicy.from_env()
+        one_attempt = timedelta(seconds=policy.connect_timeout_s + policy.read_timeout_s + policy.max_delay_s)
+        longest_gap = lease / 10 + one_attempt
+        if lease < 2 * longest_gap:
+            # lease >= 2 * (lease / 10 + one_attempt)  <=>  lease >= 2.5 * one_attempt
+            self.log.warning(
+                "Claim lease %s is short for the HTTP settings (OMNI_ERP_HTTP_* timeouts and delays): renewals "
+                "may be up to %s apart; set lease_minutes to at least %.1f",
+                lease,
+                longest_gap,
+                2.5 * one_attempt.total_seconds() / 60,
+            )
