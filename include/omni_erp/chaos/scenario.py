@@ -11,7 +11,7 @@ pushes postings and the flows run. Then the faults stop, the DAGs run until noth
 Each life-cycle step is run until its DAG run succeeds ("settles"). A run that left postings claimed - it
 was killed, or its last task could not give the batch back because the ledger was down - is retried as
 the same run, the same ledger batch, as Airflow retries a task whose process died (otherwise those
-postings would wait for their 30-minute claim lease); any other failed run is followed by a new run, as
+postings would wait for their claim lease, 5 minutes after the last renewal); any other failed run is followed by a new run, as
 the next scheduled one would.
 """
 
@@ -333,7 +333,7 @@ class Chaos:
             if not self.holds_postings(dag_id, run_at):
                 run_at = self.new_run_at()  # the next scheduled run
             # else: retried as the same run, the same batch - as Airflow retries the task; otherwise its
-            # postings would wait for their claim lease (30 minutes) to expire
+            # postings would wait for their claim lease (5 minutes after the last renewal) to expire
         self.notes.append(f"{dag_id} on lane {lane.name} did not settle in {self.settings.max_runs_per_step} runs ({note})")
         return False
 
