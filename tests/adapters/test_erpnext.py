@@ -9,6 +9,8 @@ import time
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from omni_erp import keys
 from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
@@ -315,3 +317,56 @@ def test_frappe_error_reads_server_messages_then_the_exception_line():
         "DoesNotExistError", "Sales Invoice X not found"
     )
     assert frappe_error("not a dict") == (None, "")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "e-Invoice can only be cancelled upto 24 hours after it is generated",  # India Compliance today
+        "e-Invoice can be cancelled only within 24 Hours of its generation",  # its earlier wording
+    ],
+)
+def test_both_wordings_of_the_24_hour_refusal_get_the_contract_code(message):
+    from omni_erp.hooks.erpnext import _IRN_WINDOW_MESSAGE
+
+    assert _IRN_WINDOW_MESSAGE.search(message)
+    assert not _IRN_WINDOW_MESSAGE.search("IRN not found")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=_json | st.fixed_dictionaries(
+        {},
+        optional={
+            "exc_type": _json,
+            "exception": _json,
+            "_server_messages": st.one_of(_json, _json.map(json.dumps), st.lists(_json.map(json.dumps)).map(json.dumps)),
+            "message": _json,
+        },
+    )
+)
+def test_frappe_error_never_raises_on_any_json_body(body):
+    code, message = frappe_error(body)
+    assert code is None or isinstance(code, str)
+    assert isinstance(message, str) and len(message) <= 500
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(code=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+def test_any_order_code_is_booked_once_and_replayed(site, code):
+    """Order codes are any Unicode (Increff sends it): the key is header-safe, the look-up finds the order again."""
+    hook = ErpNextHook()
+    key = keys.create_sales_order(code)
+    first = hook.create_sales_order(_order(code), idempotency_key=key)
+    again = hook.create_sales_order(_order(code), idempotency_key=key)
+    assert again.replayed and again.document.sales_order_id == first.document.sales_order_id
+    assert first.document.order_code == again.document.order_code == code
+    orders = [o for o in site.state()["sales_orders"] if o["omni_idempotency_key"] == key]
+    assert len(orders) == 1

@@ -3,6 +3,11 @@
 The connection (conn type http) holds the site URL in ``host``, the integration user's API key in
 ``login`` and its API secret in ``password``; every call carries ``Authorization: token <key>:<secret>``.
 
+Custom fields the site needs (Customize Form, or a fixture of the seller's app): ``omni_idempotency_key``
+(Data, unique) and ``omni_order_code`` (Data) on Sales Order and Sales Invoice, ``omni_return_order_code``
+(Data) on Sales Invoice, ``omni_line_code`` (Data) on Sales Order Item and Sales Invoice Item. ERPNext's
+mapper copies same-named fields from the order to its invoice.
+
 What each method guarantees:
 
 - **Writes are idempotent without idempotency keys.** ERPNext takes no ``Idempotency-Key`` header, so every
@@ -23,7 +28,8 @@ What each method guarantees:
   order and never repeat. An invoice registered at the IRP after later ones (the IRN comes after submit)
   shows up behind the cursor - the feed readers' look-back re-reads that window. Because a name is compared
   as text, a series must have a fixed prefix and enough digits; at the financial-year change (a new prefix)
-  the adapter is given the new series and the feed re-read from ``since_seq=0``.
+  the adapter is given the new series and the feed re-read from ``since_seq=0``. A name whose suffix is not
+  a number (an amended ``RB2627/000042-1``) is listed without a ``seq`` and so set aside as unreadable.
   Lines are the invoice items (``item_code``, ``qty``, ``rate``; rates tax-inclusive, which is how a seller
   books Ajio's MRP-based prices) and ``totalValue`` the ``grand_total`` (absolute values for credit notes).
 - **Errors:** Frappe answers ``{"exc_type", "exception", "_server_messages"}``; the message shown is the

@@ -18,7 +18,9 @@ is billed (a Sales Invoice from the order's lines, named from ``invoice_series``
 registers the IRN (``irn``, ``ack_no``, ``ack_date``, ``signed_qr_code``, ``einvoice_status`` "Generated",
 plus an ``e-Invoice Log`` named by the IRN); a submitted return Sales Invoice (credit note) gets its IRN the
 same delay later. Cancelling an e-invoice works within 24 hours of its ``ack_date`` (``clock_offset_s`` moves
-the sandbox clock), blanks ``irn`` and cancels the invoice, as India Compliance does.
+the sandbox clock), blanks ``irn`` and cancels the invoice, as India Compliance does. There is no background
+thread: due documents are published when the next request (or ``GET /_sandbox/state``) arrives, which is
+enough for feed readers that poll.
 """
 
 from __future__ import annotations
