@@ -370,3 +370,22 @@ def test_any_order_code_is_booked_once_and_replayed(site, code):
     assert first.document.order_code == again.document.order_code == code
     orders = [o for o in site.state()["sales_orders"] if o["omni_idempotency_key"] == key]
     assert len(orders) == 1
+
+
+def test_an_invoice_registered_after_higher_numbers_is_found_by_the_look_back(site):
+    """The cursor is the naming-series number: an IRN that comes late appears behind the cursor, where the
+    feed readers' look-back re-reads it."""
+    site.configure(irn_hold=["FN0000000001"])
+    hook = ErpNextHook()
+    for code in ("FN0000000001", "FN0000000002"):
+        hook.create_sales_order(_order(code), idempotency_key=keys.create_sales_order(code))
+    deadline = time.monotonic() + 5
+    page = hook.einvoices_since(0)
+    while not page.items and time.monotonic() < deadline:
+        time.sleep(DELAY_S)
+        page = hook.einvoices_since(0)
+    assert [(inv.seq, inv.order_code) for inv in page.items] == [(2, "FN0000000002")] and page.next_cursor == 2
+    site.configure(irn_hold=[])
+    assert hook.einvoices_since(page.next_cursor).items == []  # not after the cursor...
+    late = hook.einvoices_since(max(0, page.next_cursor - 200))  # ...but within the look-back
+    assert [(inv.seq, inv.order_code) for inv in late.items] == [(1, "FN0000000001"), (2, "FN0000000002")]

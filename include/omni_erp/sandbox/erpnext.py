@@ -72,6 +72,7 @@ class ErpNextSandboxConfig(FaultConfig):
     clock_offset_s: float = 0.0
     invoice_series: str = "RB2627/.######"
     credit_note_series: str = "RC2627/.######"
+    irn_hold: list[str] = Field(default_factory=list, max_length=10_000)  # order codes whose IRN waits (numbered already)
 
 
 def _render(status: int, code: str, message: str, description: str | None) -> dict[str, Any]:
@@ -267,12 +268,17 @@ class ErpNextState:
     # --- what the site does on its own: billing and India Compliance's IRN --------------------
 
     def tick(self, base_url: str) -> None:
+        """Bill due orders and register due IRNs; an IRN of an order in ``irn_hold`` waits (the invoice is
+        numbered already), so it is registered after invoices with higher numbers."""
         now = time.monotonic()
         due = sorted(p for p in self.pending if p[0] <= now)
         self.pending = [p for p in self.pending if p[0] > now]
-        for _, action, name in due:
+        held = set(self.config.irn_hold)
+        for due_at, action, name in due:
             if action == "bill":
                 self._bill(name, base_url)
+            elif self.docs[SALES_INVOICE][name].get("omni_order_code") in held:
+                self.pending.append((due_at, action, name))
             else:
                 self._register_irn(self.docs[SALES_INVOICE][name], base_url)
 
@@ -292,7 +298,10 @@ class ErpNextState:
         }
         self.docs[SALES_INVOICE][name] = invoice
         order.update(per_billed=100.0, status="To Deliver", modified=self.stamp())
-        self._register_irn(invoice, base_url)
+        if invoice["omni_order_code"] in set(self.config.irn_hold):
+            self.pending.append((time.monotonic(), "irn", name))
+        else:
+            self._register_irn(invoice, base_url)
 
     def _register_irn(self, invoice: dict[str, Any], base_url: str) -> None:
         if invoice["docstatus"] != 1:
