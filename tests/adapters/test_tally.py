@@ -351,3 +351,69 @@ def test_any_order_code_books_and_replays_exactly(hook: TallyHook, tally: Sandbo
     assert first.document.sales_order_id == second.document.sales_order_id == code
     assert second.replayed
     assert [v["number"] for v in vouchers(tally, "Sales Order")].count(code) == 1
+
+
+# --- reading Tally's vouchers ------------------------------------------------------------------
+
+
+def exported_sales_voucher(number: str, quantity: str, rate: str = "1120.00/Nos") -> str:
+    return (
+        f"<VOUCHER><DATE>20261203</DATE><VOUCHERNUMBER>{number}</VOUCHERNUMBER><REFERENCE>PO-1</REFERENCE>"
+        "<PARTYLEDGERNAME>AJIO-RRL</PARTYLEDGERNAME><ISCANCELLED>No</ISCANCELLED><MASTERID> 7</MASTERID>"
+        "<IRN>abc</IRN><IRNACKNO>1</IRNACKNO><IRNACKDATE>2026-12-03 10:00:00</IRNACKDATE><IRNQRCODE>q</IRNQRCODE>"
+        "<INVOICEORDERLIST.LIST><BASICPURCHASEORDERNO>FN1</BASICPURCHASEORDERNO></INVOICEORDERLIST.LIST>"
+        "<LEDGERENTRIES.LIST><LEDGERNAME>AJIO-RRL</LEDGERNAME><AMOUNT>-2,240.00</AMOUNT></LEDGERENTRIES.LIST>"
+        f"<ALLINVENTORYENTRIES.LIST><STOCKITEMNAME>{SHIRT}</STOCKITEMNAME><RATE>{rate}</RATE>"
+        f"<BILLEDQTY> {quantity} Nos</BILLEDQTY></ALLINVENTORYENTRIES.LIST></VOUCHER>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("quantity", "rate", "problem"),
+    [("1.5", "1120.00/Nos", "quantity"), ("", "1120.00/Nos", "quantity"), ("2", "", "unitPrice")],
+    ids=["fractional-quantity", "no-quantity", "no-rate"],
+)
+def test_an_unreadable_voucher_is_set_aside_not_failing_the_page(quantity: str, rate: str, problem: str) -> None:
+    import xml.etree.ElementTree as ET
+
+    from omni_erp.hooks.tally import _einvoice
+    from omni_erp.models.erp import EInvoicePage
+
+    good, bad = (ET.fromstring(exported_sales_voucher(n, q, r)) for n, q, r in (("TB/1", "2.000", "1120.00/Nos"), ("TB/2", quantity, rate)))
+
+    page = EInvoicePage.model_validate({"items": [_einvoice(good), _einvoice(bad)], "nextCursor": 7})
+
+    [invoice] = page.items
+    assert (invoice.invoice_number, invoice.lines[0].quantity, invoice.total_value) == ("TB/1", 2, Decimal("2240.00"))
+    assert invoice.ack_date == "2026-12-03T10:00:00.000+05:30" and invoice.invoice_date == "2026-12-03T00:00:00.000+05:30"
+    [unreadable] = page.unreadable
+    assert unreadable.get("invoiceNumber") == "TB/2" and problem in unreadable.problem
+
+
+@pytest.mark.parametrize(
+    ("answer", "counts", "errors"),
+    [
+        ("<RESPONSE><CREATED>1</CREATED><ERRORS>0</ERRORS><EXCEPTIONS>0</EXCEPTIONS></RESPONSE>", {"CREATED": 1}, []),
+        (
+            "<ENVELOPE><HEADER><STATUS>1</STATUS></HEADER><BODY><DATA><IMPORTRESULT><CREATED>0</CREATED>"
+            "<ERRORS>1</ERRORS><LINEERROR>Voucher Number 'X' already exists!</LINEERROR></IMPORTRESULT></DATA></BODY></ENVELOPE>",
+            {"CREATED": 0, "ERRORS": 1},
+            ["Voucher Number 'X' already exists!"],
+        ),
+        ("<RESPONSE><CREATED>0</CREATED><ERRORS>0</ERRORS><EXCEPTIONS>1</EXCEPTIONS></RESPONSE>", {"EXCEPTIONS": 1}, ["exception"]),
+        ("<ENVELOPE><BODY><DATA><LINEERROR>Unknown Request</LINEERROR></DATA></BODY></ENVELOPE>", None, ["Unknown Request"]),
+    ],
+    ids=["created", "importresult-with-lineerror", "exception-without-lineerror", "no-counters"],
+)
+def test_import_answers_are_read_in_both_forms(answer: str, counts: dict[str, int] | None, errors: list[str]) -> None:
+    import xml.etree.ElementTree as ET
+
+    from omni_erp.hooks.tally import import_result
+
+    got_counts, got_errors = import_result(ET.fromstring(answer))
+
+    if counts is None:
+        assert got_counts is None
+    else:
+        assert got_counts is not None and {k: got_counts[k] for k in counts} == counts
+    assert len(got_errors) == len(errors) and all(e in g for e, g in zip(errors, got_errors, strict=True))

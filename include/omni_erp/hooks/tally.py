@@ -193,16 +193,9 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
             f'</REQUESTDESC><REQUESTDATA><TALLYMESSAGE xmlns:UDF="{UDF_NS}">{vouchers}</TALLYMESSAGE>'
             "</REQUESTDATA></IMPORTDATA></BODY></ENVELOPE>"
         )
-        root = self._post(xml, operation, key)
-        result = root if root.tag in ("RESPONSE", "IMPORTRESULT") else root.find(".//IMPORTRESULT")
-        if result is None:
-            result = root.find(".//RESPONSE")
-        if result is None:
-            raise RemoteRejectedError(self.system, 200, f"Tally's answer to {operation} has no import result", code="LINEERROR")
-        counts = {child.tag: _int(child.text) for child in result if child.tag != "LINEERROR"}
-        errors = [(e.text or "").strip() for e in root.iter("LINEERROR")]
-        if (counts.get("ERRORS", 0) or counts.get("EXCEPTIONS", 0)) and not errors:
-            errors = [f"Tally reported {counts.get('ERRORS', 0)} error(s), {counts.get('EXCEPTIONS', 0)} exception(s)"]
+        counts, errors = import_result(self._post(xml, operation, key))
+        if counts is None:
+            raise self._reject(operation, errors or ["Tally's answer has no import result"])
         return counts, errors
 
     def _reject(self, operation: str, errors: list[str]) -> RemoteRejectedError:
@@ -431,6 +424,24 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
 # --- reading Tally's vouchers (pure functions) ---------------------------------------------------
 
 
+def import_result(root: ET.Element) -> tuple[dict[str, int] | None, list[str]]:
+    """Counters and ``LINEERROR`` texts of an import answer, in either of Tally's forms: ``RESPONSE`` (the
+    ``Import Data`` request) or ``ENVELOPE/BODY/DATA/IMPORTRESULT`` (the ``Import``/``Data`` request). ``ERRORS`` or
+    ``EXCEPTIONS`` above zero without a ``LINEERROR`` still count as an error. ``(None, errors)`` when the answer
+    holds no counters at all.
+    """
+    result = root if root.tag in ("RESPONSE", "IMPORTRESULT") else root.find(".//IMPORTRESULT")
+    if result is None:
+        result = root.find(".//RESPONSE")
+    errors = [(e.text or "").strip() for e in root.iter("LINEERROR")]
+    if result is None:
+        return None, errors
+    counts = {child.tag: _int(child.text) for child in result if child.tag != "LINEERROR"}
+    if (counts.get("ERRORS", 0) or counts.get("EXCEPTIONS", 0)) and not errors:
+        errors = [f"Tally reported {counts.get('ERRORS', 0)} error(s) and {counts.get('EXCEPTIONS', 0)} exception(s)"]
+    return counts, errors
+
+
 def _int(text: str | None) -> int:
     try:
         return int((text or "0").strip())
@@ -455,31 +466,48 @@ def _order_no(voucher: ET.Element) -> str:
     return (voucher.findtext("INVOICEORDERLIST.LIST/BASICPURCHASEORDERNO") or "").strip()
 
 
-def _decimal(text: str) -> Decimal:
-    try:
-        return abs(Decimal(text.split("/")[0].replace(",", "").strip() or "0"))
-    except InvalidOperation:
-        raise PayloadError(f"Tally amount {text!r} is not a number") from None
+def _number(text: str | None) -> str:
+    """A Tally amount, rate or quantity as plain number text: unit (``/Nos``, `` Nos``), commas and sign dropped.
+
+    Left as text on purpose: the feed page's validation sets a voucher with an unreadable figure aside with the
+    reason, instead of one bad voucher failing the whole page (``models.erp._FeedPage``)."""
+    value = (text or "").strip().split("/")[0].strip().split(" ")[0].replace(",", "")
+    return value[1:] if value.startswith("-") else value
 
 
-def _lines(voucher: ET.Element) -> list[DocumentLine]:
+def _line_dicts(voucher: ET.Element) -> list[dict[str, Any]]:
     lines = []
     for entry in voucher.iterfind("ALLINVENTORYENTRIES.LIST"):
-        quantity = (entry.findtext("BILLEDQTY") or "").strip().split(" ")[0]
-        lines.append(DocumentLine(
-            sku=(entry.findtext("STOCKITEMNAME") or "").strip(),
-            quantity=int(quantity) if quantity.isdigit() else 0,
-            unitPrice=_decimal(entry.findtext("RATE") or ""),
-        ))
+        quantity = _number(entry.findtext("BILLEDQTY"))
+        try:  # "2" and "2.000" are whole units; "1.5" stays as text and fails the line's validation
+            quantity = str(int(Decimal(quantity))) if Decimal(quantity) == int(Decimal(quantity)) else quantity
+        except (InvalidOperation, ValueError):
+            pass
+        lines.append({
+            "sku": (entry.findtext("STOCKITEMNAME") or "").strip(),
+            "quantity": quantity,
+            "unitPrice": _number(entry.findtext("RATE")),
+        })
     return lines
 
 
-def _total(voucher: ET.Element) -> Decimal:
+def _lines(voucher: ET.Element) -> list[DocumentLine]:
+    """The voucher's inventory lines, validated.
+
+    :raises PayloadError: a line Tally holds cannot be read (fractional quantity, missing rate).
+    """
+    try:
+        return [DocumentLine.model_validate(line) for line in _line_dicts(voucher)]
+    except ValueError as exc:
+        raise PayloadError(f"voucher {_text(voucher, 'VOUCHERNUMBER')} has a line that cannot be read: {exc}") from exc
+
+
+def _total(voucher: ET.Element) -> str:
     party = _text(voucher, "PARTYLEDGERNAME")
     for entry in voucher.iterfind("LEDGERENTRIES.LIST"):
         if (entry.findtext("LEDGERNAME") or "").strip() == party:
-            return _decimal(entry.findtext("AMOUNT") or "")
-    return sum((line.unit_price * line.quantity for line in _lines(voucher)), Decimal(0))
+            return _number(entry.findtext("AMOUNT"))
+    return ""  # no party line: the page's validation reports the missing total
 
 
 def _date(text: str) -> str:
@@ -492,22 +520,22 @@ def _date(text: str) -> str:
     return text
 
 
-def _registered(voucher: ET.Element, line_items: Iterable[DocumentLine]) -> dict[str, Any]:
+def _registered(voucher: ET.Element) -> dict[str, Any]:
     return {
         "seq": _int(voucher.findtext("MASTERID")),
         "irn": _text(voucher, "IRN"),
         "ackNumber": _text(voucher, "IRNACKNO"),
         "ackDate": _date(_text(voucher, "IRNACKDATE")),
         "signedQrCode": _text(voucher, "IRNQRCODE"),
-        "lines": [line.model_dump(mode="json", by_alias=True) for line in line_items],
-        "totalValue": str(_total(voucher)),
+        "lines": _line_dicts(voucher),
+        "totalValue": _total(voucher),
     }
 
 
 def _einvoice(voucher: ET.Element) -> dict[str, Any]:
     order = _order_no(voucher)
     return {
-        **_registered(voucher, _lines(voucher)),
+        **_registered(voucher),
         "invoiceNumber": _text(voucher, "VOUCHERNUMBER"),
         "invoiceDate": _date(_text(voucher, "DATE")),
         "salesOrderId": order,
@@ -519,7 +547,7 @@ def _einvoice(voucher: ET.Element) -> dict[str, Any]:
 
 def _credit_note(voucher: ET.Element) -> dict[str, Any]:
     return {
-        **_registered(voucher, _lines(voucher)),
+        **_registered(voucher),
         "creditNoteNumber": _text(voucher, "VOUCHERNUMBER"),
         "creditNoteDate": _date(_text(voucher, "DATE")),
         "returnOrderCode": _text(voucher, "OmniErpReturnCode") or None,
