@@ -417,3 +417,27 @@ def test_import_answers_are_read_in_both_forms(answer: str, counts: dict[str, in
     else:
         assert got_counts is not None and {k: got_counts[k] for k in counts} == counts
     assert len(got_errors) == len(errors) and all(e in g for e, g in zip(errors, got_errors, strict=True))
+
+
+class _LookupMissesOnce(TallyHook):
+    """Two workers racing: this one's look-up by key ran just before the other worker's Credit Note was saved."""
+
+    missed = False
+
+    def _find(self, vch_type: str, field: str, value: str, operation: str) -> Any:
+        if vch_type == "Credit Note" and field == "OmniErpKey" and not self.missed:
+            self.missed = True
+            return None
+        return super()._find(vch_type, field, value, operation)
+
+
+def test_two_workers_creating_one_credit_note_leave_one_active(hook: TallyHook, tally: Sandbox) -> None:
+    invoice = book_and_invoice(hook)
+    first = hook.create_return_order(return_request(invoice), idempotency_key="return:RET-1")
+
+    racer = _LookupMissesOnce(retry_policy=FAST).create_return_order(return_request(invoice, quantity=1), idempotency_key="return:RET-1")
+
+    assert racer.replayed and racer.document.return_order_id == first.document.return_order_id
+    notes = vouchers(tally, "Credit Note")
+    assert [n["cancelled"] for n in notes] == [False, True]  # the racer's own note, the later one, is cancelled
+    assert [n.credit_note_number for n in hook.credit_notes_since(0).items if n.irn] == [first.document.return_order_id]

@@ -43,7 +43,8 @@ What each method guarantees:
   voucher is looked up and returned as a replay, never as an error. Cancelling a cancelled voucher returns it.
   A crash between Tally saving a Credit Note and the ledger recording it is covered by the key look-up.
 - **Feeds.** ``einvoices_since``/``credit_notes_since`` list Sales / Credit Note vouchers with an IRN and
-  ``MASTERID > cursor`` in ``MASTERID`` order; the cursor is ``MASTERID``, the company-wide number TallyPrime gives
+  ``MASTERID > cursor`` in ``MASTERID`` order (cancelled invoices with status CANCELLED; cancelled credit notes
+  not at all, as the credit note model has no status); the cursor is ``MASTERID``, the company-wide number TallyPrime gives
   a voucher when it is created and never changes or reuses (``ALTERID`` would move on every alteration, so a
   cancelled invoice would come round again). A voucher saved before its IRN arrived (a credit note registered
   later) shows up below the cursor: the F2/F6 readers' look-back re-reads that window. Tally's collections do
@@ -291,13 +292,16 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
         return EInvoice.model_validate(self._with_pdf(_einvoice(voucher)))
 
     def _registered(self, vch_type: str, cursor: int, operation: str) -> list[ET.Element]:
+        filters = {
+            "OmniErpOfType": f'$VoucherTypeName = "{vch_type}"',
+            "OmniErpAfterCursor": "$MasterId > ##OmniErpCursor",
+            "OmniErpHasIrn": "NOT $$IsEmpty:$IRN",
+        }
+        if vch_type == CREDIT_NOTE:  # a credit note has no status in the feed: a cancelled one must not be uploaded
+            filters["OmniErpActive"] = "NOT $IsCancelled"
         return self._vouchers(
             f"OmniErp{vch_type.replace(' ', '')}Feed",
-            {
-                "OmniErpOfType": f'$VoucherTypeName = "{vch_type}"',
-                "OmniErpAfterCursor": "$MasterId > ##OmniErpCursor",
-                "OmniErpHasIrn": "NOT $$IsEmpty:$IRN",
-            },
+            filters,
             {"OmniErpCursor": str(int(cursor))},
             operation,
         )
@@ -376,10 +380,32 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
         _, errors = self._import(voucher, operation, key)
         if errors:
             raise self._reject(operation, errors)
-        created = self._find(CREDIT_NOTE, "OmniErpKey", key, operation)
-        if created is None:
+        return self._first_with_key(key, operation)
+
+    def _first_with_key(self, key: str, operation: str) -> tuple[ET.Element, bool]:
+        """The Credit Note booked under ``key``, after cancelling any later one carrying the same key.
+
+        Tally numbers Credit Notes itself, so two workers passing the look-up at the same moment would each
+        create one. The first (lowest ``MASTERID``) is the booking; the others are cancelled here, by whichever
+        worker sees them, before any of them reaches the feed as a second document. Returns
+        ``(voucher, replayed)``, replayed when another voucher with the key was found.
+        """
+        found = self._vouchers(
+            "OmniErpLookup",
+            {"OmniErpOfType": f'$VoucherTypeName = "{CREDIT_NOTE}"', "OmniErpMatches": "$OmniErpKey = ##OmniErpValue"},
+            {"OmniErpValue": key},
+            operation,
+        )
+        active = [v for v in found if not _yes(v, "ISCANCELLED")]
+        if not active:
             raise self._reject(operation, ["the Credit Note was not found after its import"])
-        return created, False
+        first = active[0]
+        for extra in active[1:]:
+            self.log.warning("Credit Notes %s and %s carry the key %s; cancelling the later one",
+                             _text(first, "VOUCHERNUMBER"), _text(extra, "VOUCHERNUMBER"), key)
+            reason = f"duplicate of {_text(first, 'VOUCHERNUMBER')} (same idempotency key)"
+            self._cancel(CREDIT_NOTE, _text(extra, "VOUCHERNUMBER"), reason, operation, key)
+        return first, len(active) > 1
 
     def _party_of(self, invoice_number: str, operation: str) -> str:
         invoice = self._find(SALES, "VOUCHERNUMBER", invoice_number, operation)

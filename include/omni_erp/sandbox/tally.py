@@ -12,7 +12,7 @@ It answers the way TallyPrime does (see the sources cited in ``omni_erp.hooks.ta
 - ``TALLYREQUEST`` ``Export`` with ``TYPE`` ``Collection`` and an inline TDL ``COLLECTION`` (``TYPE`` Voucher,
   ``FETCH``, ``FILTERS`` naming ``SYSTEM TYPE="Formulae"`` definitions) lists vouchers in ``DATA/COLLECTION``;
   the formulae understood are the few the adapter sends: ``$Field = ##Variable``, ``$Field = "text"``,
-  ``$MasterId > ##Variable`` and ``NOT $$IsEmpty:$Field``, variables coming from ``STATICVARIABLES``.
+  ``$MasterId > ##Variable``, ``NOT $$IsEmpty:$Field`` and ``NOT $IsCancelled``, variables coming from ``STATICVARIABLES``.
 
 What TallyPrime does in the seller's office is simulated: ``invoice_delay_s`` after a Sales Order is booked, the
 accountant raises its Sales voucher, which TallyPrime registers at the IRP on saving (``IRN``, ``IRNACKNO``,
@@ -49,7 +49,7 @@ TOTAL_TOLERANCE = Decimal("1.00")
 SALES_ORDER, SALES, CREDIT_NOTE = "Sales Order", "Sales", "Credit Note"
 FIELDS = {  # formula field name (upper case) -> attribute of Voucher
     "MASTERID": "master_id", "ALTERID": "alter_id", "VOUCHERTYPENAME": "vch_type", "VOUCHERNUMBER": "number",
-    "REFERENCE": "reference", "IRN": "irn", "OMNIERPKEY": "key",
+    "REFERENCE": "reference", "IRN": "irn", "OMNIERPKEY": "key", "ISCANCELLED": "cancelled",
 }
 
 
@@ -318,6 +318,10 @@ def _formula(text: str, variables: dict[str, str]) -> Any:
         attr = FIELDS.get(body[len("NOT $$ISEMPTY:$") :].upper())
         if attr:
             return lambda v: bool(getattr(v, attr))
+    if body.upper().startswith("NOT $") and " " not in body[4:]:
+        attr = FIELDS.get(body[5:].upper())
+        if attr:
+            return lambda v: not getattr(v, attr)
     for op in (" = ", " > "):
         if op in body:
             left, right = (part.strip() for part in body.split(op, 1))
