@@ -441,3 +441,24 @@ def test_two_workers_creating_one_credit_note_leave_one_active(hook: TallyHook, 
     notes = vouchers(tally, "Credit Note")
     assert [n["cancelled"] for n in notes] == [False, True]  # the racer's own note, the later one, is cancelled
     assert [n.credit_note_number for n in hook.credit_notes_since(0).items if n.irn] == [first.document.return_order_id]
+
+
+def test_a_credit_note_import_whose_answer_is_lost_is_not_booked_twice(tally: Sandbox) -> None:
+    """Tally saves the Credit Note but answers too late; the hook's retry imports it again (Tally numbers credit
+    notes itself, so nothing stops it) and the adapter cancels the second one."""
+    impatient = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02, connect_timeout_s=2, read_timeout_s=0.3)
+    plain = TallyHook(retry_policy=FAST)
+    invoice = book_and_invoice(plain)
+
+    class AnswerLostOnImport(TallyHook):
+        def _import(self, vouchers: str, operation: str, key: str) -> Any:
+            if operation == "create_return_order":
+                tally.configure(fail_next=["timeout"], timeout_s=0.6)
+            return super()._import(vouchers, operation, key)
+
+    booking = AnswerLostOnImport(retry_policy=impatient).create_return_order(return_request(invoice), idempotency_key="return:RET-1")
+
+    notes = vouchers(tally, "Credit Note")
+    assert [n["cancelled"] for n in notes] == [False, True]
+    assert booking.document.return_order_id == notes[0]["number"]
+    assert [n.credit_note_number for n in plain.credit_notes_since(0).items] == [notes[0]["number"]]
