@@ -85,7 +85,7 @@ from omni_erp.models.erp import (
     SalesOrder,
     SalesOrderRequest,
 )
-from omni_erp.timeutil import IST, now, to_omni
+from omni_erp.timeutil import IST, now, parse_datetime, to_omni
 
 TALLY_CONN_ID = "tally_default"
 UDF_NS = "TallyUDF"
@@ -613,8 +613,6 @@ def _credit_request(voucher: ET.Element) -> dict[str, Any]:
 
 def _tally_date(value: str | None) -> str:
     """``yyyymmdd`` in IST of an ISO date-time (today when None or unreadable)."""
-    from omni_erp.timeutil import parse_datetime
-
     try:
         parsed = parse_datetime(value) if value else None
     except ValueError:
