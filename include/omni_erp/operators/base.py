@@ -336,6 +336,7 @@ class ErpOperator(LedgerOperator):
 
     @cached_property
     def erp(self) -> ErpAdapter:
-        from omni_erp.hooks.erp import ErpHook
+        from omni_erp.hooks.adapters import erp_adapter
 
-        return ErpHook(self.erp_conn_id, on_attempt=self.record_attempt)
+        # The connection's type picks the adapter (generic REST, ERPNext, ...); operators never name one.
+        return erp_adapter(self.erp_conn_id, on_attempt=self.record_attempt)
