@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omni_erp.ledger import Ledger
-from omni_erp.operators.cancellation import ErpOrderCancelOperator, cancellation_route
+from omni_erp.operators.cancellation import ErpOrderCancelOperator
 from omni_erp.operators.documents import ErpCreditNoteFetchOperator
 from omni_erp.operators.erp import ErpSalesOrderCreateOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
+from omni_erp.rules.cancellation import cancellation_route
 from omni_erp.sandbox.lifecycle import cancel_posting
 from omni_erp.states import (
     CANCEL_CREDIT_NOTE,

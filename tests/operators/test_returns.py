@@ -17,7 +17,8 @@ from omni_erp.models.omni import ReturnOrderPosting
 from omni_erp.operators.documents import ErpEInvoiceFetchOperator
 from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
-from omni_erp.operators.returns import ErpSalesReturnOperator, plan_return
+from omni_erp.operators.returns import ErpSalesReturnOperator
+from omni_erp.rules.returns import plan_return
 from omni_erp.sandbox.lifecycle import return_posting
 from omni_erp.states import DEAD, DONE, ORDER_INVOICED, PENDING, RETURN_BOOKED
 from tests.flows import crash_first_finish

@@ -12,6 +12,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import ErpOperator
+from omni_erp.rules.credit_notes import UPLOAD_PARTIAL_CANCEL_ENV, match_credit_note
+from omni_erp.rules.invoice_upload import match_invoice
 from omni_erp.states import (
     DOC_CREDIT_NOTE,
     DOC_INVALID,
@@ -19,15 +21,9 @@ from omni_erp.states import (
     DOC_KEPT_IN_ERP,
     DOC_MISMATCH,
     DOC_READY,
-    DOC_SKIPPED,
     DOC_UNMATCHED,
     ORDER_BOOKED,
-    ORDER_CANCELLED,
     ORDER_INVOICED,
-    ORDER_READY,
-    RETURN_CUSTOMER,
-    RETURN_PARTIAL_CANCEL,
-    RETURN_RTO,
     STAGE_CREDIT_NOTE_UPLOAD,
     STAGE_INVOICE_UPLOAD,
 )
@@ -37,11 +33,6 @@ if TYPE_CHECKING:
 
     from omni_erp.models.erp import CreditNotePage, EInvoice, EInvoicePage, ErpCreditNote
 
-TOTAL_TOLERANCE = Decimal("1.00")  # domain.md decision 4: one rupee per invoice for rounding
-UPLOAD_PARTIAL_CANCEL_ENV = "OMNI_ERP_UPLOAD_PARTIAL_CANCEL_CREDIT_NOTES"
-SOP_KEPT_IN_ERP = "Ajio seller SOP: kept in the ERP, not uploaded"
-
-Classified = tuple[str, "str | None"]  # (document state, reason)
 NUMBER_MAX = 64  # erp_document.doc_number
 CONFLICT = "conflict"  # summary key: a known document number the ERP now lists for another document
 NOT_RECORDED = "not_recorded"  # summary key: nothing could be recorded, so the cursor stays before it
@@ -74,99 +65,6 @@ def as_optional_seq(value: Any) -> int | None:
 def upload_partial_cancel_credit_notes() -> bool:
     """Deployment switch of domain.md decision 6 (read at run time, never at parse time)."""
     return as_bool(os.environ.get(UPLOAD_PARTIAL_CANCEL_ENV) or False)
-
-
-# --- matching rules (pure: no I/O, easy to read next to domain.md) ---------------------------------
-
-
-def match_invoice(invoice: EInvoice, order: dict[str, Any] | None) -> Classified:
-    """Decide what happens to an e-invoice given its order in the ledger (None when unknown).
-
-    Ready only when the invoice is for an order waiting for it and agrees with it: same Ajio PO, only
-    SKUs of the order, no SKU above its booked quantity, and a total within one rupee of the invoiced
-    quantities at the order's prices (domain.md decision 4).
-    """
-    if order is None:
-        return DOC_UNMATCHED, f"no order {invoice.order_code} in the ledger for e-invoice {invoice.invoice_number}"
-    if order["state"] == ORDER_CANCELLED:
-        return DOC_SKIPPED, f"order {order['order_code']} was cancelled in Omni ({order['cancel_route'] or 'route unknown'})"
-    if invoice.status != "ACTIVE":
-        return DOC_SKIPPED, f"e-invoice is {invoice.status} in the ERP"
-    known = order["erp_invoice_number"]
-    if known and known != invoice.invoice_number:
-        return DOC_MISMATCH, f"order {order['order_code']} is already invoiced as {known}"
-    if order["state"] not in (ORDER_READY, ORDER_BOOKED, ORDER_INVOICED):
-        return DOC_MISMATCH, f"order {order['order_code']} is {order['state']}, not waiting for an e-invoice"
-    if order["erp_sales_order_id"] and order["erp_sales_order_id"] != invoice.sales_order_id:
-        return DOC_MISMATCH, (
-            f"e-invoice is for sales order {invoice.sales_order_id}, the order was booked as {order['erp_sales_order_id']}"
-        )
-
-    problems = []
-    if invoice.po_number != order["po_number"]:
-        problems.append(f"PO {invoice.po_number} differs from the order's PO {order['po_number']}")
-    booked: Counter[str] = Counter()
-    price_by_sku: dict[str, Decimal] = {}
-    price_by_line: dict[str, Decimal] = {}
-    for line in order["lines"]:
-        booked[line["sku"]] += int(line["quantity"])
-        price_by_sku.setdefault(line["sku"], Decimal(str(line["unitPrice"])))
-        price_by_line[line["lineCode"]] = Decimal(str(line["unitPrice"]))
-    invoiced: Counter[str] = Counter()
-    for line in invoice.lines:
-        invoiced[line.sku] += line.quantity
-    unknown = sorted(sku for sku in invoiced if sku not in booked)
-    if unknown:
-        problems.append(f"SKU not in the order: {', '.join(unknown)}")
-    problems += [
-        f"SKU {sku}: {units} invoiced, {booked[sku]} booked" for sku, units in invoiced.items() if sku in booked and units > booked[sku]
-    ]
-    if not unknown:
-        expected = sum(
-            (line.quantity * price_by_line.get(line.line_code or "", price_by_sku[line.sku]) for line in invoice.lines),
-            Decimal(0),
-        )
-        if abs(invoice.total_value - expected) > TOTAL_TOLERANCE:
-            problems.append(
-                f"totalValue {invoice.total_value:.2f} differs from {expected:.2f} (invoiced units at the order's prices) "
-                f"by {abs(invoice.total_value - expected):.2f}, more than {TOTAL_TOLERANCE}"
-            )
-    if problems:
-        return DOC_MISMATCH, "; ".join(problems)
-    return DOC_READY, None
-
-
-def match_credit_note(note: ErpCreditNote, return_order: dict[str, Any] | None, *, upload_partial_cancel: bool) -> Classified:
-    """Decide what happens to a credit note given its return order in the ledger.
-
-    Customer returns and RTOs are uploaded with ``returnOrderId`` = the return order code (decision 7);
-    partial cancellations after e-invoicing stay in the ERP unless the deployment turns the upload on
-    (decision 6); a full credit note without return order (F3, invoice older than 24 h) stays in the ERP
-    by the Ajio seller SOP (decision 5).
-    """
-    if note.return_order_code is None:
-        return DOC_KEPT_IN_ERP, SOP_KEPT_IN_ERP
-    if return_order is None:
-        return DOC_UNMATCHED, (
-            f"no return order {note.return_order_code} in the ledger for credit note {note.credit_note_number}"
-        )
-    if return_order["order_code"] != note.order_code:
-        return DOC_MISMATCH, (
-            f"credit note is for order {note.order_code}, return order {note.return_order_code} "
-            f"belongs to {return_order['order_code']}"
-        )
-    known = return_order["credit_note_number"]
-    if known and known != note.credit_note_number:
-        return DOC_MISMATCH, f"return order {note.return_order_code} already has credit note {known}"
-    if return_order["kind"] in (RETURN_CUSTOMER, RETURN_RTO):
-        return DOC_READY, None
-    if return_order["kind"] == RETURN_PARTIAL_CANCEL:
-        if upload_partial_cancel:
-            return DOC_READY, None
-        return DOC_KEPT_IN_ERP, (
-            f"partial cancellation after e-invoicing: kept in the ERP (set {UPLOAD_PARTIAL_CANCEL_ENV}=true to upload)"
-        )
-    return DOC_MISMATCH, f"return order {note.return_order_code} has unknown kind {return_order['kind']}"
 
 
 # --- operators -------------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ class ErpSalesOrderMapOperator(LedgerOperator):
         )
 
     def _map_one(self, posting: ClaimedPosting) -> str:
-        from omni_erp.mapping import plan_sales_order
         from omni_erp.models.omni import OutwardOrderPosting
+        from omni_erp.rules.order_posting import plan_sales_order
 
         ledger, batch = self.ledger, self.batch_id
         try:

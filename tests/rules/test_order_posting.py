@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from omni_erp.exceptions import PayloadError
-from omni_erp.mapping import plan_sales_order, value_at
 from omni_erp.models.omni import OutwardOrderPosting
+from omni_erp.rules.order_posting import plan_sales_order, value_at
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 @pytest.fixture()
