@@ -462,3 +462,36 @@ def test_a_credit_note_import_whose_answer_is_lost_is_not_booked_twice(tally: Sa
     assert [n["cancelled"] for n in notes] == [False, True]
     assert booking.document.return_order_id == notes[0]["number"]
     assert [n.credit_note_number for n in plain.credit_notes_since(0).items] == [notes[0]["number"]]
+
+
+def test_a_full_credit_note_whose_answer_is_lost_is_booked_once_without_error(tally: Sandbox) -> None:
+    """The retry of a full credit note that Tally saved is refused (nothing left to credit); the adapter answers
+    with the saved note instead of failing the cancellation (seen in ``make demo ERP=tally``)."""
+    impatient = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02, connect_timeout_s=2, read_timeout_s=0.3)
+    plain = TallyHook(retry_policy=FAST)
+    invoice = book_and_invoice(plain)
+
+    class AnswerLostOnImport(TallyHook):
+        def _import(self, vouchers: str, operation: str, key: str) -> Any:
+            if operation == "request_credit_note":
+                tally.configure(fail_next=["timeout"], timeout_s=0.6)
+            return super()._import(vouchers, operation, key)
+
+    booking = AnswerLostOnImport(retry_policy=impatient).request_credit_note(
+        invoice.invoice_number, invoice.order_code, "cancelled after 24 h", idempotency_key="credit-note:FN6018822001"
+    )
+
+    notes = vouchers(tally, "Credit Note")
+    assert [n["cancelled"] for n in notes] == [False]
+    assert booking.document["creditNoteNumber"] == notes[0]["number"]
+
+
+def test_the_pdf_path_can_come_from_the_connection(tally: Sandbox, monkeypatch) -> None:
+    """``erp_adapter`` builds the hook from the connection alone, so ``extra.pdf_path`` configures the PDFs."""
+    conn = {"conn_type": "tally", "host": tally.url, "login": COMPANY, "extra": {"pdf_path": "/_sandbox/pdf/"}}
+    monkeypatch.setenv("AIRFLOW_CONN_TALLY_DEFAULT", json.dumps(conn))
+    hook = TallyHook(retry_policy=FAST)
+    invoice = book_and_invoice(hook)
+
+    assert invoice.pdf_url == f"{tally.url}/_sandbox/pdf/{invoice.invoice_number.replace('/', '-')}.pdf"
+    assert hook.download_pdf(invoice.pdf_url, key="pdf:x").startswith(b"%PDF")

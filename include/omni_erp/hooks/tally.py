@@ -158,6 +158,9 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
 
     def _extract_auth(self, connection: Any) -> Any:
         self._company = connection.login or ""  # login holds the company name, not a user: Tally has no auth
+        if self.pdf_path is None:  # chosen by connection (erp_adapter passes no pdf_path): extra {"pdf_path": ...}
+            configured = (connection.extra_dejson or {}).get("pdf_path")
+            self.pdf_path = str(configured).rstrip("/") if configured else None
         return None
 
     @property
@@ -378,7 +381,9 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
             + "</VOUCHER>"
         )
         _, errors = self._import(voucher, operation, key)
-        if errors:
+        # A retry after an answer lost once Tally had saved the note is refused when the units are credited already
+        # (a full credit note): the note under our key is then the booking, not an error.
+        if errors and self._find(CREDIT_NOTE, "OmniErpKey", key, operation) is None:
             raise self._reject(operation, errors)
         return self._first_with_key(key, operation)
 
