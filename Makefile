@@ -18,8 +18,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed
 
 ## demo: sandboxes + inbox on loopback, a realistic batch of Ajio orders, the DAG(s) on real Airflow, a reconciliation
+## (ERP=generic|erpnext|tally picks the ERP sandbox and the adapter; generic by default)
+ERP ?= generic
 demo: venv
-	$(VENV)/bin/python -m omni_erp.demo
+	$(VENV)/bin/python -m omni_erp.demo --erp $(ERP)
 
 ## test: the whole suite (SQLite and a throwaway PostgreSQL cluster, real HTTP servers, dag.test())
 test: venv

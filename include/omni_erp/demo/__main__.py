@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from omni_erp.demo import plan as paths
-from omni_erp.demo.stack import INBOX_KEY, Stack
+from omni_erp.demo.stack import INBOX_KEY, TALLY_PDF_PATH, Stack
+from omni_erp.demo.views import ERP_VIEWS
 
 DAY_AND_AN_HOUR_S = 25 * 3600
+UNBILLED_FOR_S = 3600  # ERPNext and Tally bill on their own: orders booked while this is the delay wait an hour
 
 
 class Omni:
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=40, help="Ajio orders to generate (40 or more)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"))
+    parser.add_argument("--erp", choices=sorted(ERP_VIEWS), default="generic",
+                        help="which ERP sandbox plays the seller's ERP (the erp_default connection type follows)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -100,8 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     plan = paths.build_plan(args.orders, args.seed)
 
-    with Stack(work, dags, args.seed) as stack:
+    with Stack(work, dags, args.seed, erp=args.erp) as stack:
         print(f"[demo] sandboxes and inbox running on 127.0.0.1; logs and the ledger in {work}")
+        print(f"[demo] ERP: {args.erp} (erp_default conn_type {stack.erp_connection()['conn_type']!r})")
+        if args.erp == "tally":
+            print(f"[demo] note: TallyPrime serves no PDFs over XML; the connection's pdf_path ({TALLY_PDF_PATH}) "
+                  "points at the sandbox's stand-in for PDFs the seller publishes, and Omni gets their URLs")
+        view = ERP_VIEWS[args.erp]
+
+        def erp_state() -> dict[str, Any]:
+            return view(stack.erp_state())
+
         from omni_erp.demo.reconcile import reconcile
 
         omni = Omni(stack.inbox_url, args.seed)
@@ -112,17 +125,30 @@ def main(argv: list[str] | None = None) -> int:
         stack.omni_config(fail_next=[503, 500, 503])
 
         print("\n[demo] 1. orders arrive; two are cancelled before the ERP sees them")
-        omni.push(plan.creates, "OUTWARD_ORDER_CREATE")
+        held = plan.orders(paths.CANCEL_BEFORE_INVOICING)
+        if args.erp == "generic":
+            omni.push(plan.creates, "OUTWARD_ORDER_CREATE")
+        else:
+            omni.push([c for c in plan.creates if c not in held], "OUTWARD_ORDER_CREATE")
         omni.push_invalid(paths.invalid_postings(plan.creates[0]))
         omni.push(plan.cancels(paths.CANCEL_BEFORE_BOOKING), "OUTWARD_ORDER_CANCEL")
-        stack.erp_config(invoice_hold=[c["orderCode"] for c in plan.orders(paths.CANCEL_BEFORE_INVOICING)])
+        if args.erp == "generic":
+            stack.erp_config(invoice_hold=[c["orderCode"] for c in held])
         airflow.run("omni_order_cancellation", "(nothing booked yet: nothing to call)")
         airflow.run("omni_order_posting")
+        if args.erp != "generic":
+            # ERPNext and Tally have no per-order invoice hold: these orders arrive while the ERP bills slowly.
+            stack.erp_config(invoice_delay_s=UNBILLED_FOR_S)
+            omni.push(held, "OUTWARD_ORDER_CREATE (the ERP will not bill them for an hour)")
+            airflow.run("omni_order_posting", "(orders not billed before they are cancelled)")
 
         print("\n[demo] 2. two booked orders are cancelled before the ERP e-invoiced them")
         omni.push(plan.cancels(paths.CANCEL_BEFORE_INVOICING), "OUTWARD_ORDER_CANCEL")
         airflow.run("omni_order_cancellation", "(cancel the ERP sales orders)")
-        stack.erp_config(invoice_hold=[])
+        if args.erp == "generic":
+            stack.erp_config(invoice_hold=[])
+        else:
+            stack.erp_config(invoice_delay_s=stack.invoice_delay_s)
 
         print("\n[demo] 3. the ERP e-invoices; invoices go to Omni (partial invoices with their lines)")
         time.sleep(0.5)
@@ -133,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         airflow.run("omni_order_cancellation", "(cancel IRN and order)")
 
         print("\n[demo] 5. the warehouse ships; some orders lost a unit to a late customer cancellation")
-        invoices = {i["orderCode"]: i for i in stack.erp_state()["invoices"]}
+        invoices = {i["orderCode"]: i for i in erp_state()["invoices"]}
         completes = plan.completes(invoices)
         omni.push(completes, "OUTWARD_ORDER_COMPLETE")
         omni.push([{**completes[0], "messageId": completes[0]["messageId"] + 10_000}], "re-sent COMPLETE")
@@ -153,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         airflow.run("omni_return_credit_note", "(credit notes of cancellations stay in the ERP)")
 
         print("\n[demo] 8. every DAG once more: nothing may be booked or uploaded twice")
-        before = (stack.erp_state(), stack.omni_state())
+        before = (erp_state(), stack.omni_state())
         for dag_id in ("omni_order_posting", "erp_invoice_upload", "omni_order_cancellation",
                        "omni_order_completion", "omni_return_credit_note"):
             airflow.run(dag_id)
-        after = (stack.erp_state(), stack.omni_state())
+        after = (erp_state(), stack.omni_state())
 
         return reconcile(plan, omni, airflow.runs, before, after, time.monotonic() - started)
 

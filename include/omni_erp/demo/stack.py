@@ -16,6 +16,8 @@ from omni_erp.sandbox.serve import free_port
 
 INBOX_KEY = "demo-inbox-key"
 ERP_TOKEN = "demo-erp-token"
+TALLY_PDF_PATH = "/_sandbox/pdf"
+ERP_LOGIN = {"erpnext": "demo-erpnext-key", "tally": "Omni Demo Co"}  # ERPNext API key; Tally's loaded company
 OMNI_USER, OMNI_PASSWORD = "demo-omni-user", "demo-omni-pass"
 
 # Production policy shape with demo-sized waits: retries are visible but quick.
@@ -38,6 +40,8 @@ class Stack:
         embedded SQLite ledger under ``work``.
     :param http_policy: ``OMNI_ERP_HTTP_*`` settings of the hooks.
     :param invoice_delay_s: seconds the ERP sandbox takes to e-invoice.
+    :param erp: which ERP sandbox plays the ERP (``generic``, ``erpnext`` or ``tally``); ``erp_default`` gets
+        that ERP's connection type, so the DAGs use its adapter.
     """
 
     def __init__(
@@ -49,7 +53,9 @@ class Stack:
         ledger_url: str | None = None,
         http_policy: dict[str, str] | None = None,
         invoice_delay_s: float = 0.1,
+        erp: str = "generic",
     ) -> None:
+        self.erp = erp
         self.work, self.dags, self.seed = work, dags, seed
         self.ledger_url = ledger_url or f"sqlite:///{work / 'ledger.sqlite'}"
         self.http_policy = DEMO_HTTP_POLICY if http_policy is None else http_policy
@@ -65,7 +71,7 @@ class Stack:
         ready = self.work / "sandboxes.json"
         self._start(
             "sandboxes",
-            ["-m", "omni_erp.sandbox", "--erp-port", str(self.erp_port), "--omni-port", str(self.omni_port),
+            ["-m", "omni_erp.sandbox", "--erp", self.erp, *self._erp_login_args(), "--erp-port", str(self.erp_port), "--omni-port", str(self.omni_port),
              "--erp-token", ERP_TOKEN, "--omni-user", OMNI_USER, "--omni-password", OMNI_PASSWORD,
              "--invoice-delay-s", str(self.invoice_delay_s), "--seed", str(self.seed), "--ready-file", str(ready)],
         )
@@ -125,9 +131,7 @@ class Stack:
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
                 "OMNI_ERP_LEDGER_PATH": str(self.work / "ledger.sqlite"),
                 **self.http_policy,
-                "AIRFLOW_CONN_ERP_DEFAULT": json.dumps(
-                    {"conn_type": "http", "host": self.erp_url, "password": ERP_TOKEN}
-                ),
+                "AIRFLOW_CONN_ERP_DEFAULT": json.dumps(self.erp_connection()),
                 "AIRFLOW_CONN_OMNI_DEFAULT": json.dumps(
                     {"conn_type": "http", "host": self.omni_url, "login": OMNI_USER, "password": OMNI_PASSWORD}
                 ),
@@ -140,6 +144,20 @@ class Stack:
             os.environ.pop("AIRFLOW_CONN_OMNI_ERP_LEDGER", None)
         else:
             os.environ["AIRFLOW_CONN_OMNI_ERP_LEDGER"] = json.dumps(_postgres_connection(self.ledger_url))
+
+    def erp_connection(self) -> dict[str, Any]:
+        """``erp_default`` in Airflow's JSON form: its conn_type picks the adapter (omni_erp.hooks.adapters)."""
+        if self.erp == "erpnext":
+            return {"conn_type": "erpnext", "host": self.erp_url, "login": ERP_LOGIN["erpnext"], "password": ERP_TOKEN}
+        if self.erp == "tally":
+            # TallyPrime serves no PDFs over XML; the sandbox stands in for a folder of printed PDFs the seller
+            # publishes on the Tally host, so Omni gets a document URL as with the other ERPs.
+            return {"conn_type": "tally", "host": self.erp_url, "login": ERP_LOGIN["tally"],
+                    "extra": {"pdf_path": TALLY_PDF_PATH}}
+        return {"conn_type": "http", "host": self.erp_url, "password": ERP_TOKEN}
+
+    def _erp_login_args(self) -> list[str]:
+        return ["--erp-login", ERP_LOGIN[self.erp]] if self.erp in ERP_LOGIN else []
 
     def _start(self, name: str, args: list[str]) -> None:
         log_file = open(self.work / f"{name}.log", "w")  # noqa: SIM115 - closed by the stack
