@@ -153,7 +153,9 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
     @property
     def session(self) -> Any:
         if self._session is None:
-            self._session = _XmlSession(self.get_conn())
+            session = self.get_conn()
+            session.headers.pop("pdf_path", None)  # a setting of ours: the http provider would send it as a header
+            self._session = _XmlSession(session)
         return self._session
 
     def _extract_auth(self, connection: Any) -> Any:
