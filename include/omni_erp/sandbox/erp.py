@@ -581,14 +581,11 @@ def create_erp_sandbox(
                 **faults.snapshot(),
             }
 
-    @app.post("/_sandbox/reset")
-    async def sandbox_reset(request: Request) -> dict[str, Any]:
-        body = await read_json(request) if await request.body() else {}
+    def clear() -> None:
         with state.lock:
             state.clear()
-        faults.reset(config=bool(isinstance(body, dict) and body.get("reset_config")))
-        return {"reset": True, "config": cfg().model_dump(mode="json")}
 
+    faults.install_reset(app, clear)
     return app
 
 

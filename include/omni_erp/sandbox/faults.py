@@ -244,6 +244,18 @@ class FaultInjector:
         app.add_api_route("/_sandbox/faults", self._get_faults, methods=["GET"])
         app.add_api_route("/_sandbox/release", self._release_stalls, methods=["POST"])
 
+    def install_reset(self, app: FastAPI, clear: Callable[[], None]) -> None:
+        """Add ``POST /_sandbox/reset``: ``clear`` forgets the sandbox's documents (it takes the sandbox's own lock),
+        the fault counts are forgotten too, and ``{"reset_config": true}`` also restores the starting knobs."""
+
+        async def sandbox_reset(request: Request) -> dict[str, Any]:
+            body = await read_json(request) if await request.body() else {}
+            clear()
+            self.reset(config=bool(isinstance(body, dict) and body.get("reset_config")))
+            return {"reset": True, "config": self.config.model_dump(mode="json")}
+
+        app.add_api_route("/_sandbox/reset", sandbox_reset, methods=["POST"])
+
     async def _get_faults(self) -> dict[str, Any]:
         return self.fault_snapshot()
 
