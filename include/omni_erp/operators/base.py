@@ -71,9 +71,10 @@ def _describe(item: Any) -> str:
     return repr(item)[:120]
 
 
-def _not_about_the_item(exc: BaseException) -> bool:
+def not_about_the_item(exc: BaseException) -> bool:
     """True for failures that are not the item's fault and must fail the task: the ledger is unreachable,
-    a connection is missing or misconfigured (Airflow exceptions), or the task is being stopped."""
+    a connection is missing or misconfigured (Airflow exceptions), or the task is being stopped. The one
+    rule of every per-item loop: ``process_each`` and the ERP feed readers."""
     from airflow.sdk.exceptions import AirflowException
 
     return isinstance(exc, AirflowException) or _ledger_unreachable(exc)
@@ -82,8 +83,9 @@ def _not_about_the_item(exc: BaseException) -> bool:
 def _ledger_unreachable(exc: BaseException) -> bool:
     """True when ``exc`` says the ledger database cannot be reached (down, locked, connection lost)."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, (OperationalError, PoolTimeoutError)):  # down, locked, or no pooled connection came free
         return True
     if isinstance(exc, InterfaceError):
         # psycopg's InterfaceError means the connection is gone; sqlite3's means one value could not be bound.
@@ -262,7 +264,7 @@ class LedgerOperator(BaseOperator):
                 self.log.warning("%s deferred to the next run: %s", _describe(item), exc)
                 outcome = self._settle(defer, item, last_outage, DEFERRED)
             except Exception as exc:
-                if _not_about_the_item(exc):
+                if not_about_the_item(exc):
                     raise
                 outcome = self._unexpected(item, exc, defer=defer, give_up=give_up, attempts=attempts, limit=limit)
                 first_problem = first_problem or f"{_describe(item)}: {_error_text(exc)}"
@@ -313,7 +315,7 @@ class LedgerOperator(BaseOperator):
         try:
             record(item, reason)
         except Exception as exc:
-            if _not_about_the_item(exc):
+            if not_about_the_item(exc):
                 raise
             self.log.error("Could not record %s for %s; it stays claimed until the run ends", outcome, _describe(item), exc_info=exc)
             return FAILED

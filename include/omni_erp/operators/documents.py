@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from airflow.sdk.exceptions import AirflowFailException
 
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
-from omni_erp.operators.base import ErpOperator
+from omni_erp.operators.base import ErpOperator, not_about_the_item
 from omni_erp.rules.credit_notes import UPLOAD_PARTIAL_CANCEL_ENV, match_credit_note
 from omni_erp.rules.invoice_upload import match_invoice
 from omni_erp.states import (
@@ -68,21 +68,6 @@ def upload_partial_cancel_credit_notes() -> bool:
 
 
 # --- operators -------------------------------------------------------------------------------------
-
-
-def ledger_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` is not about one document and must fail the task: the ledger cannot be reached, or
-    Airflow stops the task (the same rule as ``process_each``)."""
-    from airflow.sdk.exceptions import AirflowException
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
-    if isinstance(exc, (OperationalError, PoolTimeoutError, AirflowException)):
-        return True
-    if isinstance(exc, InterfaceError):
-        # psycopg's InterfaceError means the connection is gone; sqlite3's means one value could not be bound.
-        return type(exc.orig).__module__ != "sqlite3"
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def printable(text: str) -> str:
@@ -225,7 +210,7 @@ class _ErpDocumentFetchOperator(ErpOperator):
                 try:
                     outcome = self._read_one(entry, seq)
                 except Exception as exc:
-                    if ledger_unavailable(exc):
+                    if not_about_the_item(exc):
                         raise
                     self.log.exception("Nothing could be recorded for the %s at seq %s; the cursor stays before it", self.label, seq)
                     stop = since if seq is None else seq - 1
@@ -275,7 +260,7 @@ class _ErpDocumentFetchOperator(ErpOperator):
                 with self.ledger.transaction():
                     return self.match_and_record(document, replace=existing is not None)
             except Exception as exc:
-                if ledger_unavailable(exc):
+                if not_about_the_item(exc):
                     raise
                 if not isinstance(exc, ValueError):  # PayloadError and bad dates say enough without a traceback
                     self.log.exception("The %s %s could not be matched", self.label, printable(number))
