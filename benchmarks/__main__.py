@@ -110,8 +110,8 @@ def bench_f1(orders: int, erp_latency_ms: int) -> dict:
     import requests
 
     from omni_erp.ledger import Ledger
-    from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
     from omni_erp.operators.inbox import OmniInboxClaimOperator
+    from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
     from omni_erp.sandbox.pusher import generate_orders
 
     erp_port, omni_port = free_port(), free_port()

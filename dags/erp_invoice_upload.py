@@ -32,8 +32,7 @@ from pathlib import Path
 from airflow.sdk import DAG
 
 from omni_erp import dag_conventions as conventions
-from omni_erp.operators.documents import ErpEInvoiceFetchOperator
-from omni_erp.operators.omni import OmniInvoiceUploadOperator
+from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator, OmniInvoiceUploadOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
 from omni_erp.tags import Tag
 

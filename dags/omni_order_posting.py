@@ -31,8 +31,8 @@ from pathlib import Path
 from airflow.sdk import DAG
 
 from omni_erp import dag_conventions as conventions
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
 from omni_erp.settings import EVENT_CREATE
 from omni_erp.tags import Tag

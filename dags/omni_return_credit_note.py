@@ -34,9 +34,8 @@ from pathlib import Path
 from airflow.sdk import DAG
 
 from omni_erp import dag_conventions as conventions
-from omni_erp.operators.documents import ErpCreditNoteFetchOperator
+from omni_erp.operators.credit_notes import ErpCreditNoteFetchOperator, OmniCreditNoteUploadOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
-from omni_erp.operators.omni import OmniCreditNoteUploadOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator
 from omni_erp.settings import EVENT_RETURN

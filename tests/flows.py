@@ -10,9 +10,9 @@ from pathlib import Path
 
 from omni_erp.hooks.erp import ErpHook
 from omni_erp.ledger import Ledger
-from omni_erp.operators.documents import ErpEInvoiceFetchOperator
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CREATE, CANCEL = "OUTWARD_ORDER_CREATE", "OUTWARD_ORDER_CANCEL"

@@ -16,8 +16,8 @@ from omni_erp.hooks.base import is_header_safe
 from omni_erp.hooks.erp import ErpHook
 from omni_erp.ledger import Ledger
 from omni_erp.models.erp import DocumentLine, SalesOrderRequest
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.states import ORDER_BOOKED
 from tests.flows import CREATE, create_posting, store
 

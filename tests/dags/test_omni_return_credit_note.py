@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from omni_erp.ledger import Ledger
-from omni_erp.operators.documents import ErpEInvoiceFetchOperator
+from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator
 from omni_erp.sandbox.lifecycle import return_posting
 from omni_erp.sandbox.pusher import PostingPusher, generate_orders
 from omni_erp.states import DEAD, DOC_UPLOADED, DONE, ORDER_INVOICED

@@ -31,7 +31,7 @@ WAIT_TIMEOUT_S = 600
 def _operators(flow: str, batch_id: str) -> list[Any]:
     """The operators of the flow's DAG after ``claim_postings``, in order (dags/omni_order_*.py)."""
     from omni_erp.operators.cancellation import ErpOrderCancelOperator
-    from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+    from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 
     if flow == "f3":
         return [ErpOrderCancelOperator(task_id="cancel_orders", batch_id=batch_id)]

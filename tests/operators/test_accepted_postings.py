@@ -26,10 +26,10 @@ from omni_erp.ledger import Ledger
 from omni_erp.ledger.engine import sqlite_url
 from omni_erp.operators.cancellation import ErpOrderCancelOperator
 from omni_erp.operators.completion import ErpOrderCompleteOperator
-from omni_erp.operators.documents import ErpCreditNoteFetchOperator, ErpEInvoiceFetchOperator
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+from omni_erp.operators.credit_notes import ErpCreditNoteFetchOperator, OmniCreditNoteUploadOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
-from omni_erp.operators.omni import OmniCreditNoteUploadOperator, OmniInvoiceUploadOperator
+from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator, OmniInvoiceUploadOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator
 from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from omni_erp.ledger import Ledger
 from omni_erp.operators.cancellation import ErpOrderCancelOperator
-from omni_erp.operators.documents import ErpCreditNoteFetchOperator
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator
+from omni_erp.operators.credit_notes import ErpCreditNoteFetchOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
 from omni_erp.rules.cancellation import cancellation_route
 from omni_erp.sandbox.lifecycle import cancel_posting

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from omni_erp.ledger import Ledger
 from omni_erp.models.omni import OutwardOrderPosting
 from omni_erp.operators.completion import ErpOrderCompleteOperator
-from omni_erp.operators.documents import ErpCreditNoteFetchOperator, ErpEInvoiceFetchOperator
+from omni_erp.operators.credit_notes import ErpCreditNoteFetchOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator
 from omni_erp.rules.completion import COMPLETED, DEAD_LETTER, PARTIALLY_SHIPPED, decide_completion, plan_shipments
 from omni_erp.sandbox.lifecycle import cancel_posting, complete_posting
 from omni_erp.states import (

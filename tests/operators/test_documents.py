@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from omni_erp.hooks.erp import ErpHook
 from omni_erp.ledger import Ledger
 from omni_erp.models.erp import DocumentLine, ReturnOrderRequest, SalesOrderRequest
-from omni_erp.operators.documents import ErpCreditNoteFetchOperator, ErpEInvoiceFetchOperator
-from omni_erp.operators.omni import OmniCreditNoteUploadOperator, OmniInvoiceUploadOperator
+from omni_erp.operators.credit_notes import ErpCreditNoteFetchOperator, OmniCreditNoteUploadOperator
+from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator, OmniInvoiceUploadOperator
 from omni_erp.states import (
     DOC_CREDIT_NOTE,
     DOC_INVALID,

@@ -11,8 +11,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from omni_erp.hooks.erp import ErpHook
 from omni_erp.ledger import Ledger
 from omni_erp.models.erp import SalesOrderRequest
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
 from tests.flows import store
 

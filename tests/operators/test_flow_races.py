@@ -11,9 +11,9 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from omni_erp.ledger import Ledger
 from omni_erp.operators.cancellation import ErpOrderCancelOperator
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
-from omni_erp.operators.omni import OmniInvoiceUploadOperator
+from omni_erp.operators.invoice_upload import OmniInvoiceUploadOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.sandbox.lifecycle import cancel_posting
 from omni_erp.states import (
     CANCEL_NOT_BOOKED,

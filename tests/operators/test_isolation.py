@@ -15,8 +15,8 @@ from omni_erp.exceptions import RemoteUnavailableError
 from omni_erp.hooks.base import ConnectionConfigError
 from omni_erp.ledger import Ledger
 from omni_erp.operators.base import LedgerOperator
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.states import CLAIMED, DEAD, DONE, PENDING
 from tests.flows import CREATE, create_posting, store
 

@@ -13,8 +13,8 @@ from omni_erp.ledger import Ledger
 from omni_erp.operators.base import DEFAULT_LEASE_MINUTES, LedgerOperator
 from omni_erp.operators.cancellation import ErpOrderCancelOperator
 from omni_erp.operators.completion import ErpOrderCompleteOperator
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator
 from omni_erp.states import CLAIMED, DONE
 from tests.flows import CREATE, create_posting, store

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from omni_erp.exceptions import PayloadError
 from omni_erp.ledger import Ledger
 from omni_erp.models.omni import ReturnOrderPosting
-from omni_erp.operators.documents import ErpEInvoiceFetchOperator
-from omni_erp.operators.erp import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator
+from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator
 from omni_erp.rules.returns import plan_return
 from omni_erp.sandbox.lifecycle import return_posting

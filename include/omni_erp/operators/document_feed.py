@@ -1,4 +1,4 @@
-"""Operators that read the ERP's e-invoice and credit note feeds into the ledger and match each document (F2, F6)."""
+"""The shared base of the operators that read an ERP document feed (e-invoices for F2, credit notes for F6) into the ledger."""
 
 from __future__ import annotations
 
@@ -10,28 +10,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from omni_erp.exceptions import PayloadError, RemoteRejectedError
+from omni_erp.exceptions import RemoteRejectedError
 from omni_erp.operators.base import ErpOperator, not_about_the_item
-from omni_erp.rules.credit_notes import UPLOAD_PARTIAL_CANCEL_ENV, match_credit_note
-from omni_erp.rules.invoice_upload import match_invoice
+from omni_erp.rules.credit_notes import UPLOAD_PARTIAL_CANCEL_ENV
 from omni_erp.states import (
-    DOC_CREDIT_NOTE,
     DOC_INVALID,
-    DOC_INVOICE,
-    DOC_KEPT_IN_ERP,
     DOC_MISMATCH,
-    DOC_READY,
     DOC_UNMATCHED,
-    ORDER_BOOKED,
-    ORDER_INVOICED,
-    STAGE_CREDIT_NOTE_UPLOAD,
-    STAGE_INVOICE_UPLOAD,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from omni_erp.models.erp import CreditNotePage, EInvoice, EInvoicePage, ErpCreditNote
+    from omni_erp.models.erp import CreditNotePage, EInvoicePage
 
 NUMBER_MAX = 64  # erp_document.doc_number
 CONFLICT = "conflict"  # summary key: a known document number the ERP now lists for another document
@@ -107,7 +98,7 @@ def _json(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, default=str)
 
 
-class _Read(NamedTuple):
+class DocumentRead(NamedTuple):
     """What reading one feed document did."""
 
     count: str | None = None  # summary key: its new state, "conflict", ... (None: nothing to count)
@@ -115,7 +106,7 @@ class _Read(NamedTuple):
     problem: str | None = None  # a problem found for the first time: dead-lettered, and the task ends failed
 
 
-class _ErpDocumentFetchOperator(ErpOperator):
+class ErpDocumentFetchOperator(ErpOperator):
     """Read one ERP document feed into the ledger, once per document number, and match each document.
 
     The feed is read page by page from ``max(0, cursor - lookback)``: the ERP can publish a document
@@ -177,7 +168,7 @@ class _ErpDocumentFetchOperator(ErpOperator):
         """What ``erp_document.related_code`` holds for a document (from its JSON)."""
         raise NotImplementedError
 
-    def match_and_record(self, document: Any, *, replace: bool) -> _Read:
+    def match_and_record(self, document: Any, *, replace: bool) -> DocumentRead:
         """Match a readable document and record it (inside the caller's transaction; ``replace``: over an invalid row)."""
         raise NotImplementedError
 
@@ -215,7 +206,7 @@ class _ErpDocumentFetchOperator(ErpOperator):
                     self.log.exception("Nothing could be recorded for the %s at seq %s; the cursor stays before it", self.label, seq)
                     stop = since if seq is None else seq - 1
                     ceiling = stop if ceiling is None else min(ceiling, stop)
-                    outcome = _Read(NOT_RECORDED, False, f"{self.label} at seq {seq}: nothing could be recorded ({_error_text(exc)})")
+                    outcome = DocumentRead(NOT_RECORDED, False, f"{self.label} at seq {seq}: nothing could be recorded ({_error_text(exc)})")
                 counts.update([outcome.count] if outcome.count else [])
                 new += outcome.new
                 if outcome.problem:
@@ -239,7 +230,7 @@ class _ErpDocumentFetchOperator(ErpOperator):
             )
         return summary
 
-    def _read_one(self, entry: Any, seq: int | None) -> _Read:
+    def _read_one(self, entry: Any, seq: int | None) -> DocumentRead:
         """Record one feed document, or tell why not; raises only when nothing at all could be recorded."""
         from omni_erp.models.erp import UnreadableDocument
 
@@ -267,14 +258,14 @@ class _ErpDocumentFetchOperator(ErpOperator):
                 problem = f"it could not be matched: {_error_text(exc)}"
         return self._record_invalid(number, seq, payload, problem or "", existing)
 
-    def _known(self, existing: dict[str, Any], number: str, payload: Any) -> _Read:
+    def _known(self, existing: dict[str, Any], number: str, payload: Any) -> DocumentRead:
         """A number the ledger holds: a re-read when it names the same document, else a conflict.
 
         The reason names only what does not change (not the first document's state): it keys the dead letter,
         so the same conflict is dead-lettered and alerted once however often the look-back re-reads it.
         """
         if self._identity(existing["payload"]) == self._identity(payload):
-            return _Read()
+            return DocumentRead()
         reason = printable(
             f"{self.label} number {number} is already recorded for {self._describe(existing['payload'])}; "
             f"the ERP now lists it for {self._describe(payload)}. The ERP reused a document "
@@ -283,11 +274,11 @@ class _ErpDocumentFetchOperator(ErpOperator):
         )
         if self.ledger.record_dead_letter(stage=self.stage, reason=reason, business_key=number, payload=_json(payload)):
             self.log.error("%s", reason)
-            return _Read(CONFLICT, False, reason)
+            return DocumentRead(CONFLICT, False, reason)
         self.log.warning("%s number %s still conflicts (dead-lettered before): %s", self.label, number, reason)
-        return _Read(CONFLICT)
+        return DocumentRead(CONFLICT)
 
-    def _record_invalid(self, number: str, seq: int | None, payload: Any, problem: str, existing: dict[str, Any] | None) -> _Read:
+    def _record_invalid(self, number: str, seq: int | None, payload: Any, problem: str, existing: dict[str, Any] | None) -> DocumentRead:
         """Record a document that cannot be used as ``invalid`` with the reason, and dead-letter it - both or neither."""
         reason = printable(f"{self.label} {number} not uploaded: {problem}")[:2000]
         fields = payload if isinstance(payload, dict) else {}
@@ -314,9 +305,9 @@ class _ErpDocumentFetchOperator(ErpOperator):
             dead = ledger.record_dead_letter(stage=self.stage, reason=reason, business_key=number, payload=_json(payload))
         if dead:
             self.log.error("%s", reason)
-        return _Read(DOC_INVALID if recorded else None, recorded, reason if dead else None)
+        return DocumentRead(DOC_INVALID if recorded else None, recorded, reason if dead else None)
 
-    def _dead_letter_without_number(self, raw_number: Any, seq: int | None, payload: Any, problem: str | None) -> _Read:
+    def _dead_letter_without_number(self, raw_number: Any, seq: int | None, payload: Any, problem: str | None) -> DocumentRead:
         """A document without a number the ledger can key: the dead letter (with the document) is its record."""
         shown = "none" if raw_number is None else printable(repr(raw_number))[:80]
         why = [f"its number {shown} cannot key the ledger (a visible string of 1-{NUMBER_MAX} characters is needed)"]
@@ -324,8 +315,8 @@ class _ErpDocumentFetchOperator(ErpOperator):
         business_key = None if raw_number is None else printable(str(raw_number))[:255]
         if self.ledger.record_dead_letter(stage=self.stage, reason=reason[:2000], business_key=business_key, payload=_json(payload)):
             self.log.error("%s", reason)
-            return _Read(DOC_INVALID, False, reason)
-        return _Read()
+            return DocumentRead(DOC_INVALID, False, reason)
+        return DocumentRead()
 
     def _store(self, document: Any, state: str, reason: str | None, *, related_code: str | None, replace: bool) -> bool:
         """Write the matched document's row (a new one, or over its invalid row); False when another run recorded it first."""
@@ -344,15 +335,15 @@ class _ErpDocumentFetchOperator(ErpOperator):
             return True
         return self.ledger.record_document(doc_type=self.doc_type, doc_number=number, payload=payload, **values)
 
-    def _refused(self, number: str, state: str, reason: str | None) -> _Read:
+    def _refused(self, number: str, state: str, reason: str | None) -> DocumentRead:
         """The outcome of a recorded document; unmatched and mismatched ones are dead-lettered (same transaction)."""
         if state not in (DOC_UNMATCHED, DOC_MISMATCH):
-            return _Read(state, True)
+            return DocumentRead(state, True)
         text = printable(f"{self.label} {number} not uploaded: {reason}")
         if self.ledger.record_dead_letter(stage=self.stage, reason=text, business_key=number):
             self.log.warning("%s", text)
-            return _Read(state, True, text)
-        return _Read(state, True)
+            return DocumentRead(state, True, text)
+        return DocumentRead(state, True)
 
     def _identity(self, payload: Any) -> tuple[Any, ...]:
         fields = payload if isinstance(payload, dict) else {}
@@ -379,131 +370,3 @@ def _placed(entry: Any, since: int, next_cursor: int) -> tuple[Any, int | None]:
         return entry, None
     problem = f"seq {seq} lies outside the page it was listed on ({since}, {next_cursor}]"
     return UnreadableDocument(entry.model_dump(mode="json", by_alias=True), problem), None
-
-
-class ErpEInvoiceFetchOperator(_ErpDocumentFetchOperator):
-    """Record the ERP's new e-invoices and match each to its order (F2).
-
-    A matched invoice is ready to upload and its order becomes invoiced with the e-invoice number, IRN
-    and ``invoiced_at`` = the IRN acknowledgement time (F3's 24-hour window starts there, domain.md 6),
-    in one transaction with the invoice's row. Unknown orders and mismatches are recorded with the
-    reason and dead-lettered; invoices of orders cancelled in Omni are recorded and not uploaded. A known
-    invoice number for another order, IRN or amount is a conflict (see the base class). Orders booked
-    longer than ``overdue_after_minutes`` without an e-invoice are named in a warning (picking waits for
-    the invoice).
-    XCom: ``{batch_id, read, new, cursor, <state>: n, conflict: n}`` plus ``overdue_einvoices`` when there are any.
-
-    :param overdue_after_minutes: how long after booking a missing e-invoice is worth a warning.
-    """
-
-    doc_type = DOC_INVOICE
-    cursor_name = "erp_einvoice_seq"
-    stage = STAGE_INVOICE_UPLOAD
-    label = "e-invoice"
-    number_alias = "invoiceNumber"
-    identity_fields = (("order", "orderCode"), ("IRN", "irn"), ("total", "totalValue"))
-
-    def __init__(self, *, overdue_after_minutes: int = 60, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.overdue_after_minutes = overdue_after_minutes
-
-    def extend_summary(self, summary: dict[str, Any]) -> None:
-        if overdue := self._report_overdue():
-            summary["overdue_einvoices"] = overdue
-
-    def _report_overdue(self) -> int:
-        """Warn about orders booked long ago with no e-invoice yet: the warehouse cannot pick them (domain.md 1)."""
-        from datetime import timedelta
-
-        from omni_erp.timeutil import now
-
-        overdue = self.ledger.orders_in_state(
-            ORDER_BOOKED, unchanged_since=now() - timedelta(minutes=self.overdue_after_minutes)
-        )
-        if overdue:
-            self.log.warning(
-                "%d order(s) booked more than %d minutes ago still have no e-invoice, so the warehouse cannot pick "
-                "them; check the ERP's e-invoicing: %s",
-                len(overdue),
-                self.overdue_after_minutes,
-                ", ".join(f"{o['order_code']} (booked {o['updated_at']:%Y-%m-%d %H:%M} UTC)" for o in overdue[:20]),
-            )
-        return len(overdue)
-
-    def read_page(self, since: int) -> EInvoicePage:
-        return self.erp.einvoices_since(since, limit=self.page_size)
-
-    def number(self, document: EInvoice) -> str:
-        return document.invoice_number
-
-    def related_code(self, payload: dict[str, Any]) -> Any:
-        return payload.get("salesOrderId")
-
-    def match_and_record(self, document: EInvoice, *, replace: bool) -> _Read:
-        from omni_erp.timeutil import parse_datetime
-
-        ledger = self.ledger
-        order = ledger.get_order(document.order_code)
-        state, reason = match_invoice(document, order)
-        invoiced_at = None
-        if state == DOC_READY:
-            # Checked before anything is written: F3's 24-hour window needs the acknowledgement time.
-            invoiced_at = parse_datetime(document.ack_date)
-            if invoiced_at is None:
-                raise PayloadError("the e-invoice has no ackDate (IRN acknowledgement time)")
-        if not self._store(document, state, reason, related_code=document.sales_order_id, replace=replace):
-            return _Read()  # another run recorded it a moment ago
-        if state == DOC_READY:
-            assert order is not None
-            ledger.update_order(
-                order["order_code"],
-                state=ORDER_INVOICED,
-                erp_sales_order_id=document.sales_order_id,
-                erp_invoice_number=document.invoice_number,
-                irn=document.irn,
-                invoiced_at=invoiced_at,
-            )
-        return self._refused(document.invoice_number, state, reason)
-
-
-class ErpCreditNoteFetchOperator(_ErpDocumentFetchOperator):
-    """Record the ERP's new credit notes and classify each by its return order (F6).
-
-    Customer returns and RTOs -> ready to upload (the return order gets the credit note number, in one
-    transaction with the credit note's row); partial cancellations after e-invoicing -> kept in the ERP
-    unless ``$OMNI_ERP_UPLOAD_PARTIAL_CANCEL_CREDIT_NOTES`` is true; full credit notes without return
-    order (F3) -> kept in the ERP (Ajio seller SOP); unknown return orders -> unmatched and dead-lettered.
-    A known credit note number for another order, return order, IRN or amount is a conflict (see the base
-    class). XCom: ``{batch_id, read, new, cursor, <state>: n, conflict: n}``.
-    """
-
-    doc_type = DOC_CREDIT_NOTE
-    cursor_name = "erp_credit_note_seq"
-    stage = STAGE_CREDIT_NOTE_UPLOAD
-    label = "credit note"
-    number_alias = "creditNoteNumber"
-    identity_fields = (
-        ("order", "orderCode"), ("return order", "returnOrderCode"), ("IRN", "irn"), ("total", "totalValue")
-    )
-
-    def read_page(self, since: int) -> CreditNotePage:
-        return self.erp.credit_notes_since(since, limit=self.page_size)
-
-    def number(self, document: ErpCreditNote) -> str:
-        return document.credit_note_number
-
-    def related_code(self, payload: dict[str, Any]) -> Any:
-        return payload.get("returnOrderCode") or payload.get("invoiceNumber")
-
-    def match_and_record(self, document: ErpCreditNote, *, replace: bool) -> _Read:
-        ledger = self.ledger
-        code = document.return_order_code
-        return_order = ledger.get_return_order(code) if code else None
-        state, reason = match_credit_note(
-            document, return_order, upload_partial_cancel=upload_partial_cancel_credit_notes()
-        )
-        if not self._store(document, state, reason, related_code=code or document.invoice_number, replace=replace):
-            return _Read()  # another run recorded it a moment ago
-        if return_order is not None and state in (DOC_READY, DOC_KEPT_IN_ERP):
-            ledger.update_return_order(return_order["return_order_code"], credit_note_number=document.credit_note_number)
-        return self._refused(document.credit_note_number, state, reason)

@@ -1,27 +1,21 @@
-"""Operators that upload the ledger's ready ERP documents to Increff Omni, each exactly once (F2, F6)."""
+"""The shared base of the operators that upload the ledger's ready ERP documents to Increff Omni, each exactly once."""
 
 from __future__ import annotations
 
-from collections import Counter
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from omni_erp import settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
 from omni_erp.operators.base import ErpOperator
-from omni_erp.operators.documents import as_bool, printable
+from omni_erp.operators.document_feed import as_bool, printable
 from omni_erp.states import (
-    DOC_CREDIT_NOTE,
-    DOC_INVOICE,
     DOC_READY,
     DOC_SKIPPED,
     DOC_UPLOAD_FAILED,
     DOC_UPLOADED,
-    ORDER_CANCELLED,
-    STAGE_CREDIT_NOTE_UPLOAD,
-    STAGE_INVOICE_UPLOAD,
 )
-from omni_erp.timeutil import now, parse_datetime, to_omni
+from omni_erp.timeutil import now
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,7 +26,7 @@ if TYPE_CHECKING:
 DOCUMENT_MODES = ("url", "pdf")
 
 
-class _OmniDocumentUploadOperator(ErpOperator):
+class OmniDocumentUploadOperator(ErpOperator):
     """Upload every ready document of one type to Omni, once per document number.
 
     The state is checked right before each call, so a retried task or a re-run sends nothing that
@@ -161,95 +155,3 @@ class _OmniDocumentUploadOperator(ErpOperator):
             self.doc_type, number, state=DOC_READY, reason=printable(f"waiting for the next run: {reason}")[:2000],
             batch_id=self.batch_id,
         )
-
-
-class OmniInvoiceUploadOperator(_OmniDocumentUploadOperator):
-    """Upload ready e-invoices as Increff B2B invoices (F2, domain.md 3.2).
-
-    ``forwardPurchaseOrder`` is the order's Ajio PO; ``isPartialInvoice`` is true when fewer units were
-    invoiced than the PO ordered, and then ``invoiceLineEntries`` list the invoiced units per
-    ``channelSkuCode``. An invoice whose order was cancelled after matching (F3) is not uploaded.
-    XCom: ``{batch_id, uploaded, not_uploaded_order_cancelled, skipped}`` (counts > 0 only); when any invoice
-    was deferred, failed or dead-lettered the task fails instead, naming the counts.
-    """
-
-    doc_type = DOC_INVOICE
-    stage = STAGE_INVOICE_UPLOAD
-    label = "invoice"
-
-    def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
-        from omni_erp.models.erp import EInvoice
-        from omni_erp.models.omni import B2BInvoice, InvoiceLine
-
-        invoice = EInvoice.model_validate(document["payload"])
-        order = self.ledger.get_order(invoice.order_code)
-        if order is None or not order["po_number"]:
-            raise PayloadError(f"order {invoice.order_code} or its Ajio PO is no longer in the ledger")
-        invoiced: Counter[str] = Counter()
-        for line in invoice.lines:
-            invoiced[line.sku] += line.quantity
-        po_units = sum(int(line["ordered"]) for line in order["lines"])
-        partial = sum(invoiced.values()) < po_units
-        invoice_date = parse_datetime(invoice.invoice_date)
-        if invoice_date is None:
-            raise PayloadError("the e-invoice has no invoiceDate")
-        return B2BInvoice(
-            invoiceNumber=invoice.invoice_number,
-            invoiceDate=to_omni(invoice_date),
-            forwardPurchaseOrder=order["po_number"],
-            irnNumber=invoice.irn,
-            qrCode=invoice.signed_qr_code,
-            isPartialInvoice=partial,
-            invoiceLineEntries=[InvoiceLine(channelSkuCode=sku, quantity=n) for sku, n in invoiced.items()] if partial else None,
-            invoicePdf=pdf_base64,
-            invoiceURL=None if pdf_base64 else invoice.pdf_url,
-        )
-
-    def send(self, body: Any) -> None:
-        self.omni.post_b2b_invoice(body)
-
-    def skip_reason(self, document: dict[str, Any]) -> str | None:
-        # F3 may cancel the order between matching and upload (its IRN is then cancelled too).
-        order = self.ledger.get_order(document["order_code"])
-        if order is not None and order["state"] == ORDER_CANCELLED:
-            return f"order {order['order_code']} was cancelled in Omni ({order['cancel_route'] or 'route unknown'})"
-        if self.ledger.has_open_posting(document["order_code"], settings.EVENT_CANCEL):
-            # Omni cancelled the order and F3 has not finished it yet (e.g. it waits for this very invoice).
-            return f"order {document['order_code']} has a cancellation waiting to be processed"
-        return None
-
-
-class OmniCreditNoteUploadOperator(_OmniDocumentUploadOperator):
-    """Upload ready credit notes to Omni (F6, domain.md 3.3); ``returnOrderId`` is the return order code (decision 7).
-
-    XCom: ``{batch_id, uploaded, skipped}`` (counts present only when > 0); when any credit note was deferred,
-    failed or dead-lettered the task fails instead, naming the counts.
-    """
-
-    doc_type = DOC_CREDIT_NOTE
-    stage = STAGE_CREDIT_NOTE_UPLOAD
-    label = "credit note"
-
-    def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
-        from omni_erp.models.erp import ErpCreditNote
-        from omni_erp.models.omni import CreditNote
-
-        note = ErpCreditNote.model_validate(document["payload"])
-        if not note.return_order_code:
-            raise PayloadError("a credit note without return order is never uploaded (Ajio seller SOP)")
-        ack_date = parse_datetime(note.ack_date)
-        if ack_date is None:
-            raise PayloadError("the credit note has no ackDate")
-        return CreditNote(
-            creditNoteNumber=note.credit_note_number,
-            returnOrderId=note.return_order_code,
-            irnNumber=note.irn,
-            ackNumber=note.ack_number,
-            ackDate=to_omni(ack_date),
-            signedQrCode=note.signed_qr_code,
-            signedCreditNotePdf=pdf_base64,
-            creditNotePdfUrl=None if pdf_base64 else note.pdf_url,
-        )
-
-    def send(self, body: Any) -> None:
-        self.omni.post_credit_note(body)
