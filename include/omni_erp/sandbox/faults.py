@@ -1,4 +1,4 @@
-"""Fault injection, error bodies, request accounting and ``/_sandbox/config``, shared by both sandboxes."""
+"""Fault injection, error bodies, request accounting and ``/_sandbox/config``, shared by every sandbox."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, get_args
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,7 +44,7 @@ Render = Callable[[int, str, str, "str | None"], dict[str, Any]]
 
 
 class FaultConfig(BaseModel):
-    """Knobs common to both sandboxes; each sandbox subclasses it with its own.
+    """Knobs common to every sandbox; each sandbox subclasses it with its own.
 
     The four rates are shares of one seeded draw per call, so they must add up to at most 1:
     ``error_rate`` answers one of ``error_statuses`` without doing anything; ``timeout_rate`` does the work
@@ -79,6 +79,9 @@ class FaultConfig(BaseModel):
         if total > 1.0 + 1e-9:
             raise ValueError(f"error_rate + timeout_rate + hang_rate + reset_rate must not exceed 1 (got {total:g})")
         return self
+
+
+ConfigT = TypeVar("ConfigT", bound=FaultConfig)
 
 
 class ApiError(Exception):
@@ -131,7 +134,7 @@ def pydantic_problems(exc: ValidationError | RequestValidationError) -> list[str
     return problems
 
 
-class FaultInjector:
+class FaultInjector(Generic[ConfigT]):
     """One sandbox's fault knobs, seeded random source, in-flight counter and request log.
 
     Every path outside ``/_sandbox/`` is an API call. Per call, in this order: it is counted; it gets 429 when
@@ -150,7 +153,7 @@ class FaultInjector:
 
     def __init__(
         self,
-        config: FaultConfig,
+        config: ConfigT,
         render: Render,
         *,
         codes: Mapping[int, str] | None = None,
@@ -172,7 +175,7 @@ class FaultInjector:
 
     # --- configuration and bookkeeping ---------------------------------------------------
 
-    def update_config(self, patch: Mapping[str, Any]) -> FaultConfig:
+    def update_config(self, patch: Mapping[str, Any]) -> ConfigT:
         """Apply a partial update; raises ``ValidationError`` and keeps the old config when invalid."""
         with self._lock:
             new = type(self.config).model_validate({**self.config.model_dump(), **patch})

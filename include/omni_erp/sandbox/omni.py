@@ -7,7 +7,6 @@ import binascii
 import difflib
 import hmac
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
+from omni_erp.sandbox.base import SandboxState, sandbox_app
 from omni_erp.sandbox.faults import ApiError, FaultConfig, FaultInjector, read_json
 from omni_erp.settings import MAX_STRING_LENGTH
 from omni_erp.timeutil import to_omni
@@ -157,21 +157,38 @@ def validate_credit_note(body: dict[str, Any]) -> list[str]:
     return problems
 
 
-def create_omni_sandbox(
-    *, username: str = "omni-sandbox-user", password: str = "omni-sandbox-pass", seed: int = 0
-) -> FastAPI:
-    """Build the Omni sandbox app.
+class OmniState(SandboxState[FaultConfig]):
+    """The invoices and credit notes Omni has accepted, by number, and how often one was posted again."""
 
-    :param username: expected ``authUsername`` header.
-    :param password: expected ``authPassword`` header.
-    :param seed: seed of the random source behind ``error_rate`` and ``timeout_rate``.
-    """
-    faults = FaultInjector(
-        FaultConfig(seed=seed), _render, codes={400: "BAD_DATA", 422: "BAD_DATA"}, validation_status=400
-    )
-    lock = threading.Lock()
-    documents: dict[str, dict[str, dict[str, Any]]] = {"invoice": {}, "credit_note": {}}
-    duplicates: Counter[str] = Counter()
+    def clear(self) -> None:
+        self.received: dict[str, dict[str, dict[str, Any]]] = {"invoice": {}, "credit_note": {}}
+        self.duplicates: Counter[str] = Counter()
+
+    def documents(self) -> dict[str, Any]:
+        return {
+            "invoices": list(self.received["invoice"].values()),
+            "credit_notes": list(self.received["credit_note"].values()),
+            "duplicates": dict(self.duplicates),
+        }
+
+    def accept(self, kind: str, number_field: str, body: dict[str, Any]) -> None:
+        """Keep a valid document; the same one again is a duplicate, another one under its number is refused."""
+        number = body[number_field]
+        known = self.received[kind].get(number)
+        if known is None:
+            self.received[kind][number] = {"receivedAt": to_omni(datetime.now(UTC)), "body": body}
+        elif known["body"] == body:
+            self.duplicates[kind] += 1
+        else:
+            label = "invoice" if kind == "invoice" else "credit note"
+            raise ApiError(
+                400, f"DUPLICATE_{kind.upper()}", f"A {label} with this number already exists",
+                description=f"[{number_field}: {number} was already posted with different content]",
+            )
+
+
+def omni_router(state: OmniState, username: str, password: str) -> APIRouter:
+    """``/ajio-vms``: the invoice and credit note postings, behind Increff's header credentials."""
 
     def authorize(request: Request) -> None:
         given_user = request.headers.get("authUsername", "")
@@ -191,23 +208,10 @@ def create_omni_sandbox(
         problems = validate(body)
         if problems:
             raise ApiError(400, "BAD_DATA", "Input validation failed", description=f"[{', '.join(problems)}]")
-        number = body[number_field]
-        with lock:
-            known = documents[kind].get(number)
-            if known is None:
-                documents[kind][number] = {"receivedAt": to_omni(datetime.now(UTC)), "body": body}
-            elif known["body"] == body:
-                duplicates[kind] += 1
-            else:
-                label = "invoice" if kind == "invoice" else "credit note"
-                raise ApiError(
-                    400, f"DUPLICATE_{kind.upper()}", f"A {label} with this number already exists",
-                    description=f"[{number_field}: {number} was already posted with different content]",
-                )
+        with state.lock:
+            state.accept(kind, number_field, body)
         return {}
 
-    app = FastAPI(title="Increff Omni sandbox", docs_url=None, redoc_url=None, openapi_url=None)
-    faults.install(app)
     api = APIRouter(prefix="/ajio-vms", dependencies=[Depends(authorize)])
 
     @api.post("/b2bInvoice/posting")
@@ -218,28 +222,23 @@ def create_omni_sandbox(
     async def post_credit_note(request: Request) -> dict[str, Any]:
         return await receive(request, "credit_note", "creditNoteNumber", validate_credit_note)
 
-    app.include_router(api)
+    return api
 
-    @app.get("/_sandbox/state")
-    async def sandbox_state() -> dict[str, Any]:
-        with lock:
-            return {
-                "config": faults.config.model_dump(mode="json"),
-                "invoices": list(documents["invoice"].values()),
-                "credit_notes": list(documents["credit_note"].values()),
-                "duplicates": dict(duplicates),
-                **faults.snapshot(),
-            }
 
-    def clear() -> None:
-        with lock:
-            for kind in documents.values():
-                kind.clear()
-            duplicates.clear()
+def create_omni_sandbox(
+    *, username: str = "omni-sandbox-user", password: str = "omni-sandbox-pass", seed: int = 0
+) -> FastAPI:
+    """Build the Omni sandbox app.
 
-    faults.install_reset(app, clear)
-
-    return app
+    :param username: expected ``authUsername`` header.
+    :param password: expected ``authPassword`` header.
+    :param seed: seed of the random source behind ``error_rate`` and ``timeout_rate``.
+    """
+    faults = FaultInjector(
+        FaultConfig(seed=seed), _render, codes={400: "BAD_DATA", 422: "BAD_DATA"}, validation_status=400
+    )
+    state = OmniState(lambda: faults.config)
+    return sandbox_app("Increff Omni sandbox", faults, state, omni_router(state, username, password))
 
 
 def _render(status: int, code: str, message: str, description: str | None) -> dict[str, Any]:
