@@ -94,3 +94,41 @@ def default_ledger_path() -> Path:
         return Path(explicit)
     home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
     return home / "omni_erp_ledger.sqlite"
+
+
+# --- credit-note path (issue 12): the ERP raises return credit notes (F6), or Increff RMS does ----------
+CREDIT_NOTE_PATH_ENV = "OMNI_ERP_CREDIT_NOTE_PATH"
+CREDIT_NOTE_PATH_ERP = "erp"   # the ERP raises the e-credit note; F6 uploads it to Omni
+CREDIT_NOTE_PATH_RMS = "rms"   # the ERP books the return only; RMS raises the e-credit note from our report
+CREDIT_NOTE_PATHS = (CREDIT_NOTE_PATH_ERP, CREDIT_NOTE_PATH_RMS)
+RMS_REPORT_DIR_ENV = "OMNI_ERP_RMS_REPORT_DIR"
+RMS_REPORT_CONN_ENV = "OMNI_ERP_RMS_REPORT_CONN_ID"
+
+
+def credit_note_path(override: str | None = None) -> str:
+    """Who raises the e-credit notes of returns: ``erp`` (default) or ``rms`` (``$OMNI_ERP_CREDIT_NOTE_PATH``).
+
+    :param override: a run's choice (the DAG's ``credit_note_path`` param); empty means the setting.
+    :raises ValueError: for any other value (a deployment error: never guessed, as it decides who credits Ajio).
+    """
+    raw = (override or "").strip().lower() or os.environ.get(CREDIT_NOTE_PATH_ENV, "").strip().lower()
+    if not raw:
+        return CREDIT_NOTE_PATH_ERP
+    if raw not in CREDIT_NOTE_PATHS:
+        raise ValueError(f"{CREDIT_NOTE_PATH_ENV} must be one of {', '.join(CREDIT_NOTE_PATHS)}, not {raw!r}")
+    return raw
+
+
+def rms_report_dir() -> str:
+    """Folder of the RMS returns reports (``$OMNI_ERP_RMS_REPORT_DIR``): a local path, or an object storage
+    URL (``s3://bucket/rms``, ``gs://...``, ``file:///...``) opened as an ``ObjectStoragePath``; default
+    ``$AIRFLOW_HOME/rms_reports``."""
+    explicit = os.environ.get(RMS_REPORT_DIR_ENV, "").strip()
+    if explicit:
+        return explicit
+    return str(Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "rms_reports")
+
+
+def rms_report_conn_id() -> str | None:
+    """Airflow connection of the object store holding RMS reports (``$OMNI_ERP_RMS_REPORT_CONN_ID``), if any."""
+    return os.environ.get(RMS_REPORT_CONN_ENV, "").strip() or None

@@ -274,8 +274,16 @@ def _v3(conn: Connection) -> None:
         conn.execute(tables.ledger_meta.insert().values(key=IDENTITY_KEY, value=str(uuid.uuid4()), created_at=now()))
 
 
+def _v4(conn: Connection) -> None:
+    """Issue 12: the RMS returns reports and the returns whose credit note Increff RMS raises."""
+    existing = set(inspect(conn).get_table_names())
+    for table in (tables.rms_report, tables.rms_return):
+        if table.name not in existing:
+            table.create(conn)
+
+
 # Ordered; each step runs once, in its own transaction, and records its version.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

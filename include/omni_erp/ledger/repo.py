@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, upda
 from omni_erp import settings
 from omni_erp.ledger import tables as t
 from omni_erp.ledger.engine import get_engine, ledger_identity, ledger_url_for_conn_id, sqlite_url
+from omni_erp.ledger.rms import RmsLedger
 from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING
 from omni_erp.timeutil import now
 
@@ -49,7 +50,7 @@ class ClaimedPosting:
     attempts: int
 
 
-class Ledger:
+class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
     """The integration ledger over one SQLAlchemy engine (SQLite or PostgreSQL).
 
     :param url: SQLAlchemy URL; the schema is created or migrated on first use.
