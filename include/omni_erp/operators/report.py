@@ -89,13 +89,37 @@ class LedgerBatchReportOperator(LedgerOperator):
         return [f"task(s) {', '.join(failed)} failed in this run (see their logs)"]
 
     def _log_table(self, title: str, rows: list[dict[str, Any]], text_column: str) -> None:
-        """Log rows as one aligned table, the free-text column cut to 80 characters."""
-        import pandas as pd
+        """Log rows as one aligned table with the free-text column last and in full (``format_table``)."""
+        columns = [c for c in rows[0] if c != text_column] + [text_column]
+        self.log.info("%s:\n%s", title, format_table(rows, columns))
 
-        table = pd.DataFrame(rows)
-        table[text_column] = table[text_column].fillna("").str.slice(0, 80)
-        with pd.option_context("display.max_rows", 1000, "display.width", 250, "display.max_colwidth", 80):
-            self.log.info("%s:\n%s", title, table.to_string(index=False))
+
+# What a table shows for a missing value (no id yet, no error): the same mark in every run and column.
+BLANK = "-"
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as an aligned plain-text table: a header line, then one line per row.
+
+    Every column but the last is padded to its widest value; the last is written in full (it holds the
+    error text, which people need whole), so put free text last. A missing value (``None``, an empty
+    string or an absent key) is always ``BLANK``; line breaks and other control characters inside a
+    value become spaces, so each row stays one line of the log.
+    """
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join([*(v.ljust(w) for v, w in zip(values[:-1], widths[:-1], strict=True)), values[-1]]).rstrip()
+
+    return "\n".join([line(list(columns)), *(line(values) for values in cells)])
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "" or value != value:  # value != value: a float NaN
+        return BLANK
+    text = str(value)
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
