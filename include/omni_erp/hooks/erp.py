@@ -44,6 +44,11 @@ class Booking:
 class ErpAdapter(ABC):
     """Everything the six flows ask of the seller's ERP. Every write takes an idempotency key."""
 
+    # Whether create_return_order honours ``raiseCreditNote: false`` (the RMS credit-note path, issue 12):
+    # the return is booked and no e-credit note raised. An adapter that cannot must keep False; F5 then
+    # refuses the rms path rather than let the ERP and RMS both credit a return.
+    books_returns_without_credit_note: bool = False
+
     @abstractmethod
     def create_sales_order(self, order: SalesOrderRequest, *, idempotency_key: str) -> Booking:
         """Book a sales order; the same key returns the existing order instead of a second one."""
@@ -108,6 +113,7 @@ class ErpHook(RetryingJsonHook, ErpAdapter):
     conn_type = "http"
     hook_name = "Seller ERP (generic REST)"
     system = "erp"
+    books_returns_without_credit_note = True  # the contract's raiseCreditNote: false
 
     def __init__(
         self,

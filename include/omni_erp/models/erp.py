@@ -135,6 +135,8 @@ class ReturnOrderRequest(_Request):
     invoice_number: str = Field(alias="invoiceNumber", min_length=1)
     reason: str = Field(min_length=1)
     lines: list[DocumentLine] = Field(min_length=1)
+    # False on the RMS credit-note path (issue 12): book the return, raise no e-credit note. Absent = raise one.
+    raise_credit_note: bool | None = Field(None, alias="raiseCreditNote")
 
 
 class ReturnOrder(_Response):

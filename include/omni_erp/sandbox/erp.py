@@ -506,7 +506,8 @@ def create_erp_sandbox(
             }
             state.return_ids[ret.return_order_code] = return_order_id
             state.keys[("return_order", key)] = (body, return_order_id)
-            schedule("credit_note", return_order_id)
+            if ret.raise_credit_note is not False:  # false: the RMS path (issue 12), no e-credit note
+                schedule("credit_note", return_order_id)
             return JSONResponse(return_view(return_order_id), status_code=201)
 
     @api.post("/credit-notes")
