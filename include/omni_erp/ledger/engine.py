@@ -282,8 +282,14 @@ def _v4(conn: Connection) -> None:
             table.create(conn)
 
 
+def _v5(conn: Connection) -> None:
+    """Issue 10: business SLA breaches, so each is alerted once (omni_erp.rules.sla)."""
+    if not inspect(conn).has_table(tables.sla_breach.name):
+        tables.sla_breach.create(conn)
+
+
 # Ordered; each step runs once, in its own transaction, and records its version.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

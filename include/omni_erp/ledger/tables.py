@@ -240,3 +240,23 @@ rms_return = Table(
     Index("ix_rms_return_state", "state"),
     Index("ix_rms_return_report", "report_id"),
 )
+
+# --- schema version 5 (issue 10: business SLA alerts) ---------------------------------------------
+
+# One row per business SLA breach (rule + subject: an order code, a document, a dead letter), so each
+# breach is alerted once, not once per run. cleared_at is set when the subject stops breaching; if it
+# breaches again later the row is reopened and alerted again.
+sla_breach = Table(
+    "sla_breach",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rule", String(64), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("order_code", String(255)),
+    Column("detail", Text),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("alerted_at", DateTime(timezone=True), nullable=False),
+    Column("cleared_at", DateTime(timezone=True)),
+    UniqueConstraint("rule", "subject", name="uq_sla_breach_rule_subject"),
+    Index("ix_sla_breach_open", "rule", "cleared_at"),
+)
