@@ -150,13 +150,10 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
         self.pdf_path = pdf_path.rstrip("/") if pdf_path else None
         self._company: str | None = None
 
-    @property
-    def session(self) -> Any:
-        if self._session is None:
-            session = self.get_conn()
-            session.headers.pop("pdf_path", None)  # a setting of ours: the http provider would send it as a header
-            self._session = _XmlSession(session)
-        return self._session
+    def new_session(self) -> Any:
+        session = super().new_session()
+        session.headers.pop("pdf_path", None)  # a setting of ours: the http provider would send it as a header
+        return _XmlSession(session)
 
     def _extract_auth(self, connection: Any) -> Any:
         self._company = connection.login or ""  # login holds the company name, not a user: Tally has no auth
