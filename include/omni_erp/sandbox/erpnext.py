@@ -28,9 +28,9 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -40,6 +40,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from omni_erp import einvoice
+from omni_erp.sandbox.base import SandboxState, sandbox_app
 from omni_erp.sandbox.catalogue import hsn_for
 from omni_erp.sandbox.faults import ApiError, FaultConfig, FaultInjector, read_json
 from omni_erp.sandbox.pdf import tiny_pdf
@@ -125,15 +126,13 @@ def _matches(doc: dict[str, Any], condition: list[Any]) -> bool:
     return compare[op](actual, value)
 
 
-class ErpNextState:
+class ErpNextState(SandboxState[ErpNextSandboxConfig]):
     """The site's documents by doctype and name, its series counters and its pending billing work."""
 
-    def __init__(self, config: ErpNextSandboxConfig, supplier_gstin: str, buyer_gstin: str) -> None:
-        self.lock = threading.Lock()
-        self.config = config
+    def __init__(self, config: Callable[[], ErpNextSandboxConfig], *, supplier_gstin: str, buyer_gstin: str) -> None:
         self.supplier_gstin = supplier_gstin
         self.buyer_gstin = buyer_gstin
-        self.clear()
+        super().__init__(config)
 
     def clear(self) -> None:
         self.docs: dict[str, dict[str, dict[str, Any]]] = {doctype: {} for doctype in DOCTYPES}
@@ -141,6 +140,16 @@ class ErpNextState:
         self.pending: list[tuple[float, str, str]] = []  # (due monotonic, action, name)
         self.duplicates: Counter[str] = Counter()
         self.pdfs: dict[str, tuple[str, ...]] = {}
+
+    def documents(self) -> dict[str, Any]:
+        return {
+            "sales_orders": list(self.docs[SALES_ORDER].values()),
+            "sales_invoices": [d for d in self.docs[SALES_INVOICE].values() if not d.get("is_return")],
+            "credit_notes": [d for d in self.docs[SALES_INVOICE].values() if d.get("is_return")],
+            "einvoice_logs": list(self.docs[EINVOICE_LOG].values()),
+            "pending_documents": len(self.pending),
+            "duplicates": dict(self.duplicates),
+        }
 
     def clock(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.config.clock_offset_s)
@@ -267,7 +276,7 @@ class ErpNextState:
 
     # --- what the site does on its own: billing and India Compliance's IRN --------------------
 
-    def tick(self, base_url: str) -> None:
+    def tick(self) -> None:
         """Bill due orders and register due IRNs; an IRN of an order in ``irn_hold`` waits (the invoice is
         numbered already), so it is registered after invoices with higher numbers."""
         now = time.monotonic()
@@ -276,13 +285,13 @@ class ErpNextState:
         held = set(self.config.irn_hold)
         for due_at, action, name in due:
             if action == "bill":
-                self._bill(name, base_url)
+                self._bill(name)
             elif self.docs[SALES_INVOICE][name].get("omni_order_code") in held:
                 self.pending.append((due_at, action, name))
             else:
-                self._register_irn(self.docs[SALES_INVOICE][name], base_url)
+                self._register_irn(self.docs[SALES_INVOICE][name])
 
-    def _bill(self, sales_order: str, base_url: str) -> None:
+    def _bill(self, sales_order: str) -> None:
         order = self.docs[SALES_ORDER][sales_order]
         if order["docstatus"] != 1:
             return  # cancelled before it was billed
@@ -301,9 +310,9 @@ class ErpNextState:
         if invoice["omni_order_code"] in set(self.config.irn_hold):
             self.pending.append((time.monotonic(), "irn", name))
         else:
-            self._register_irn(invoice, base_url)
+            self._register_irn(invoice)
 
-    def _register_irn(self, invoice: dict[str, Any], base_url: str) -> None:
+    def _register_irn(self, invoice: dict[str, Any]) -> None:
         if invoice["docstatus"] != 1:
             return
         at = self.clock()
@@ -406,6 +415,67 @@ def _listing(docs: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
     return [{f: d.get(f) for f in fields} for d in page]
 
 
+def erpnext_router(state: ErpNextState, api_key: str, api_secret: str) -> APIRouter:
+    """Frappe's ``/api/resource`` and ``/api/method`` routes behind token auth; each call first publishes what is due."""
+    expected = f"token {api_key}:{api_secret}".encode()
+
+    def authorize(request: Request) -> None:
+        given = request.headers.get("Authorization", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, expected):
+            raise _fail(401, "AuthenticationError", "Invalid API key or secret")
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
+
+    @api.get("/resource/{doctype}")
+    async def list_documents(doctype: str, request: Request) -> dict[str, Any]:
+        with state.lock:
+            state.tick()
+            if doctype not in state.docs:
+                raise _fail(404, "DoesNotExistError", f"DocType {doctype} not found")
+            return {"data": _listing(list(state.docs[doctype].values()), request.query_params)}
+
+    @api.get("/resource/{doctype}/{name:path}")
+    async def get_document(doctype: str, name: str) -> dict[str, Any]:
+        with state.lock:
+            state.tick()
+            return {"data": state.get(doctype, name)}
+
+    @api.post("/resource/{doctype}")
+    async def insert_document(doctype: str, request: Request) -> dict[str, Any]:
+        body = await read_json(request)
+        with state.lock:
+            state.tick()
+            return {"data": state.insert(doctype, body)}
+
+    @api.post("/method/{method}")
+    async def call_method(method: str, request: Request) -> dict[str, Any]:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise _fail(417, "ValidationError", "Arguments must be a JSON object")
+        with state.lock:
+            state.tick()
+            if method == METHOD_CANCEL:
+                state.cancel(str(body.get("doctype")), str(body.get("name")))
+                return {}
+            if method == METHOD_CANCEL_EINVOICE:
+                return {"message": state.cancel_einvoice(str(body.get("docname")), body.get("values"))}
+            if method == METHOD_MAKE_RETURN:
+                return {"message": state.make_sales_return(str(body.get("source_name")))}
+        raise _fail(404, "DoesNotExistError", f"Failed to get method for command {method}")
+
+    @api.get(f"/method/{METHOD_PDF}")
+    async def download_pdf(doctype: str = "", name: str = "") -> Response:
+        with state.lock:
+            state.tick()
+            state.get(doctype, name)
+            lines = state.pdfs.get(name)
+        if lines is None:
+            raise _fail(417, "ValidationError", f"{doctype} {name} has no e-invoice to print yet")
+        return Response(tiny_pdf(*lines), media_type="application/pdf")
+
+    return api
+
+
 def create_erpnext_sandbox(
     *,
     api_key: str = "erpnext-sandbox-key",
@@ -426,91 +496,5 @@ def create_erpnext_sandbox(
     """
     faults = FaultInjector(ErpNextSandboxConfig(invoice_delay_s=invoice_delay_s, seed=seed), _render,
                            codes=FRAPPE_CODES, validation_status=417)
-    state = ErpNextState(faults.config, supplier_gstin, buyer_gstin)  # type: ignore[arg-type]
-    expected = f"token {api_key}:{api_secret}".encode()
-
-    def sync(request: Request) -> str:
-        state.config = faults.config  # type: ignore[assignment]
-        base_url = str(request.base_url).rstrip("/")
-        state.tick(base_url)
-        return base_url
-
-    def authorize(request: Request) -> None:
-        given = request.headers.get("Authorization", "").encode("latin-1", "replace")
-        if not hmac.compare_digest(given, expected):
-            raise _fail(401, "AuthenticationError", "Invalid API key or secret")
-
-    app = FastAPI(title="ERPNext sandbox", docs_url=None, redoc_url=None, openapi_url=None)
-    faults.install(app)
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
-
-    @api.get("/resource/{doctype}")
-    async def list_documents(doctype: str, request: Request) -> dict[str, Any]:
-        with state.lock:
-            sync(request)
-            if doctype not in state.docs:
-                raise _fail(404, "DoesNotExistError", f"DocType {doctype} not found")
-            return {"data": _listing(list(state.docs[doctype].values()), request.query_params)}
-
-    @api.get("/resource/{doctype}/{name:path}")
-    async def get_document(doctype: str, name: str, request: Request) -> dict[str, Any]:
-        with state.lock:
-            sync(request)
-            return {"data": state.get(doctype, name)}
-
-    @api.post("/resource/{doctype}")
-    async def insert_document(doctype: str, request: Request) -> dict[str, Any]:
-        body = await read_json(request)
-        with state.lock:
-            sync(request)
-            return {"data": state.insert(doctype, body)}
-
-    @api.post("/method/{method}")
-    async def call_method(method: str, request: Request) -> dict[str, Any]:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise _fail(417, "ValidationError", "Arguments must be a JSON object")
-        with state.lock:
-            sync(request)
-            if method == METHOD_CANCEL:
-                state.cancel(str(body.get("doctype")), str(body.get("name")))
-                return {}
-            if method == METHOD_CANCEL_EINVOICE:
-                return {"message": state.cancel_einvoice(str(body.get("docname")), body.get("values"))}
-            if method == METHOD_MAKE_RETURN:
-                return {"message": state.make_sales_return(str(body.get("source_name")))}
-        raise _fail(404, "DoesNotExistError", f"Failed to get method for command {method}")
-
-    @api.get(f"/method/{METHOD_PDF}")
-    async def download_pdf(request: Request, doctype: str = "", name: str = "") -> Response:
-        with state.lock:
-            sync(request)
-            state.get(doctype, name)
-            lines = state.pdfs.get(name)
-        if lines is None:
-            raise _fail(417, "ValidationError", f"{doctype} {name} has no e-invoice to print yet")
-        return Response(tiny_pdf(*lines), media_type="application/pdf")
-
-    app.include_router(api)
-
-    @app.get("/_sandbox/state")
-    async def sandbox_state(request: Request) -> dict[str, Any]:
-        with state.lock:
-            sync(request)
-            return {
-                "config": faults.config.model_dump(mode="json"),
-                "sales_orders": list(state.docs[SALES_ORDER].values()),
-                "sales_invoices": [d for d in state.docs[SALES_INVOICE].values() if not d.get("is_return")],
-                "credit_notes": [d for d in state.docs[SALES_INVOICE].values() if d.get("is_return")],
-                "einvoice_logs": list(state.docs[EINVOICE_LOG].values()),
-                "pending_documents": len(state.pending),
-                "duplicates": dict(state.duplicates),
-                **faults.snapshot(),
-            }
-
-    def clear() -> None:
-        with state.lock:
-            state.clear()
-
-    faults.install_reset(app, clear)
-    return app
+    state = ErpNextState(lambda: faults.config, supplier_gstin=supplier_gstin, buyer_gstin=buyer_gstin)
+    return sandbox_app("ERPNext sandbox", faults, state, erpnext_router(state, api_key, api_secret))
