@@ -215,9 +215,10 @@ def test_a_version_1_ledger_is_migrated_in_place(ledger_url):
 
     ledger = Ledger(ledger_url)
     with ledger.engine.connect() as conn:
-        # v3: ledger_meta with the identity; v4: RMS tables; v5: SLA breaches
-        assert current_version(conn) == SCHEMA_VERSION == 5
-        assert {"erp_document", "shipment", "return_order", "manual_settlement", "rms_report", "rms_return", "sla_breach"} <= set(
+        # v3: ledger_meta with the identity; v4: RMS tables; v5: SLA breaches; v6: alert runs and incidents
+        assert current_version(conn) == SCHEMA_VERSION == 6
+        assert {"erp_document", "shipment", "return_order", "manual_settlement", "rms_report", "rms_return", "sla_breach",
+                "alert_run", "alert_incident"} <= set(
             sa.inspect(conn).get_table_names()
         )
     ledger.update_order("FN1", cancel_route="not_booked")

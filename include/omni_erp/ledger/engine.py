@@ -288,8 +288,16 @@ def _v5(conn: Connection) -> None:
         tables.sla_breach.create(conn)
 
 
+def _v6(conn: Connection) -> None:
+    """Issue 10: which runs alerted and the incidents their alerts are summarised in."""
+    existing = set(inspect(conn).get_table_names())
+    for table in (tables.alert_run, tables.alert_incident):
+        if table.name not in existing:
+            table.create(conn)
+
+
 # Ordered; each step runs once, in its own transaction, and records its version.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -260,3 +260,36 @@ sla_breach = Table(
     UniqueConstraint("rule", "subject", name="uq_sla_breach_rule_subject"),
     Index("ix_sla_breach_open", "rule", "cleared_at"),
 )
+
+
+# --- schema version 6 (issue 10: one alert per failed run, outages summarised) -----------------------
+
+# Each run that alerted, once per kind (failed | deadline): a run alerts once whichever of its tasks fail.
+# outcome: sent | summarised (sent as an outage summary) | suppressed (counted in its incident, not sent).
+alert_run = Table(
+    "alert_run",
+    metadata,
+    Column("dag_id", String(250), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("incident_id", Integer),
+    Column("outcome", String(16), nullable=False),
+    Column("reason", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per incident (an ERP or Omni outage, or one DAG failing again and again): its runs are counted
+# and summarised ("ERP down since 12:05, 6 runs failed") instead of alerting once per run.
+alert_incident = Table(
+    "alert_incident",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_key", String(255), nullable=False),  # erp_unavailable, omni_unavailable, failed:<dag_id>, ...
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("runs_failed", Integer, nullable=False),
+    Column("alerts_sent", Integer, nullable=False),
+    Column("last_sent_at", DateTime(timezone=True), nullable=False),
+    Column("last_reason", Text),
+    Index("ix_alert_incident_key", "incident_key", "last_seen"),
+)
