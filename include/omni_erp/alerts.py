@@ -58,3 +58,39 @@ def task_failed(context: Any) -> None:
     from airflow.providers.http.hooks.http import HttpHook
 
     HttpHook(method="POST", http_conn_id=ALERTS_CONN_ID).run(json=message, extra_options={"timeout": 10})
+
+
+def send_alert(message: dict[str, Any]) -> None:
+    """Send one alert that is not about a run (e.g. a business SLA breach from the reconciliation DAG).
+
+    One ERROR log line; and, when the ``omni_erp_alerts`` HTTP connection exists, a POST of ``message`` to it
+    (10 s timeout, 3 attempts with backoff on connection errors, timeouts and 5xx).
+
+    :raises Exception: the webhook refused the alert or stayed unreachable: the caller records nothing as
+        alerted, so its next run sends the alert again.
+    """
+    log.error("Alert %s: %s", message.get("kind", "-"), message)
+    from omni_erp.connections import get_connection
+
+    if get_connection(ALERTS_CONN_ID) is None:
+        return
+    import requests
+    import tenacity
+    from airflow.providers.http.hooks.http import HttpHook
+
+    def passing_trouble(exc: BaseException) -> bool:
+        response = getattr(exc, "response", None)
+        return isinstance(exc, (requests.ConnectionError, requests.Timeout)) or (
+            response is not None and response.status_code >= 500
+        )
+
+    HttpHook(method="POST", http_conn_id=ALERTS_CONN_ID).run_with_advanced_retry(
+        _retry_args={
+            "stop": tenacity.stop_after_attempt(3),
+            "wait": tenacity.wait_exponential(multiplier=0.5, max=5),
+            "retry": tenacity.retry_if_exception(passing_trouble),
+            "reraise": True,
+        },
+        json=message,
+        extra_options={"timeout": 10},
+    )
