@@ -8,6 +8,7 @@ from omni_erp.exceptions import PayloadError
 from omni_erp.operators.document_feed import DocumentRead, ErpDocumentFetchOperator, upload_partial_cancel_credit_notes
 from omni_erp.operators.document_upload import OmniDocumentUploadOperator
 from omni_erp.rules.credit_notes import match_credit_note
+from omni_erp.rules.rms import erp_credit_note_on_rms_path
 from omni_erp.states import DOC_CREDIT_NOTE, DOC_KEPT_IN_ERP, DOC_READY, STAGE_CREDIT_NOTE_UPLOAD
 from omni_erp.timeutil import parse_datetime, to_omni
 
@@ -53,6 +54,9 @@ class ErpCreditNoteFetchOperator(ErpDocumentFetchOperator):
         state, reason = match_credit_note(
             document, return_order, upload_partial_cancel=upload_partial_cancel_credit_notes()
         )
+        if return_order is not None and ledger.get_rms_return(return_order["return_order_code"]) is not None:
+            # RMS path (issue 12): RMS raises this return's e-credit note; nothing from the ERP is uploaded for it.
+            state, reason = erp_credit_note_on_rms_path(document.credit_note_number, return_order["return_order_code"])
         if not self._store(document, state, reason, related_code=code or document.invoice_number, replace=replace):
             return DocumentRead()  # another run recorded it a moment ago
         if return_order is not None and state in (DOC_READY, DOC_KEPT_IN_ERP):

@@ -46,11 +46,34 @@ class ErpSalesReturnOperator(ErpOperator):
     dead-lettered with the ERP's message; when the ERP stays unavailable the postings go back to the
     queue and the task fails so the outage is visible.
 
+    On the RMS credit-note path (``settings.credit_note_path``, issue 12) a new return order is booked with
+    ``raiseCreditNote: false`` and registered for the RMS report (``RmsReturnReportOperator``); the path is
+    fixed per return when it is registered, so switching it later never changes who credits a return.
+
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many returns in a row.
+    :param credit_note_path: ``erp`` or ``rms`` for this run (templated); empty: ``$OMNI_ERP_CREDIT_NOTE_PATH``.
     """
 
+    template_fields: tuple[str, ...] = (*ErpOperator.template_fields, "credit_note_path")
+
+    def __init__(self, *, credit_note_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.credit_note_path = credit_note_path
+        self._via_rms = False
+
     def execute(self, context: Context) -> dict[str, Any]:
+        path = settings.credit_note_path(None if str(self.credit_note_path or "") == "None" else self.credit_note_path)
+        self._via_rms = path == settings.CREDIT_NOTE_PATH_RMS
+        if self._via_rms and not self.erp.books_returns_without_credit_note:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            # Booking anyway would have the ERP and RMS both raise an e-credit note for one return.
+            raise AirflowFailException(
+                f"credit note path is rms, but the ERP adapter {type(self.erp).__name__} cannot book a return without "
+                "an e-credit note; no return was booked. Use the erp path with this ERP."
+            )
+        self.log.info("Credit note path: %s", path)
         manual_rows: list[dict[str, Any]] = []
         try:
             counts = self.process_each(
@@ -118,7 +141,7 @@ class ErpSalesReturnOperator(ErpOperator):
         except PayloadError as exc:
             return self._dead(posting, str(exc))
 
-        request = self._request(model, order, plan)
+        request = self._request(model, order, plan, raise_credit_note=not self._via_rms)
         with ledger.transaction():
             # The return order, its manual-settlement units and (with nothing to book) the posting: all or nothing.
             stored = ledger.register_return_order(
@@ -144,6 +167,8 @@ class ErpSalesReturnOperator(ErpOperator):
                     )
                 if request is None:
                     ledger.finish_posting(posting.message_id, outcome=RETURN_MANUAL_ONLY, batch_id=self.batch_id)
+                elif request.get("raiseCreditNote") is False:
+                    ledger.register_rms_return(return_order_code=code, order_code=order_code)
         if not registered_here:
             # Another posting registered this return order in the meantime: handle this one as its re-delivery.
             return self._handle(posting, manual_rows)
@@ -166,8 +191,11 @@ class ErpSalesReturnOperator(ErpOperator):
         return None
 
     @staticmethod
-    def _request(model: ReturnOrderPosting, order: dict[str, Any], plan: ReturnPlan) -> dict[str, Any] | None:
-        """The exact ERP body, stored in the ledger and re-sent unchanged on every retry (None: nothing to credit)."""
+    def _request(
+        model: ReturnOrderPosting, order: dict[str, Any], plan: ReturnPlan, *, raise_credit_note: bool = True
+    ) -> dict[str, Any] | None:
+        """The exact ERP body, stored in the ledger and re-sent unchanged on every retry (None: nothing to credit).
+        Without ``raise_credit_note`` (the RMS path) it asks the ERP for no e-credit note."""
         from omni_erp.models.erp import ReturnOrderRequest
 
         if not plan.credit_lines:
@@ -178,6 +206,7 @@ class ErpSalesReturnOperator(ErpOperator):
             invoiceNumber=order["erp_invoice_number"],
             reason=plan.kind,
             lines=plan.credit_lines,
+            raiseCreditNote=None if raise_credit_note else False,
         ).to_json_dict()
 
     def _book(self, posting: ClaimedPosting, stored: dict[str, Any]) -> str:
@@ -197,10 +226,11 @@ class ErpSalesReturnOperator(ErpOperator):
         with ledger.transaction():
             ledger.update_return_order(code, state=RETURN_BOOKED, erp_return_order_id=booking.document.return_order_id)
             ledger.finish_posting(posting.message_id, outcome="booked", batch_id=self.batch_id)
+        via = " without e-credit note (RMS raises it)" if request.raise_credit_note is False else ""
         if booking.replayed:
-            self.log.info("Return %s was already booked in the ERP as %s", code, booking.document.return_order_id)
+            self.log.info("Return %s was already booked in the ERP as %s%s", code, booking.document.return_order_id, via)
             return "already_booked"
-        self.log.info("Return %s booked in the ERP as %s", code, booking.document.return_order_id)
+        self.log.info("Return %s booked in the ERP as %s%s", code, booking.document.return_order_id, via)
         return "booked"
 
     def _dead(self, posting: ClaimedPosting, reason: str, *, outcome: str = "dead_letter") -> str:
