@@ -18,15 +18,16 @@ What TallyPrime does in the seller's office is simulated: ``invoice_delay_s`` af
 accountant raises its Sales voucher, which TallyPrime registers at the IRP on saving (``IRN``, ``IRNACKNO``,
 ``IRNACKDATE``, ``IRNQRCODE``); a Credit Note voucher is registered ``invoice_delay_s`` after it is imported.
 Documents fall due lazily, at the next request, so tests need no sleeps (``invoice_delay_s=0``).
-State lives in :class:`TallyState`; the HTTP surface is one router. ``/_sandbox/*`` holds the controls.
+State lives in :class:`TallyState`; the HTTP surface is :func:`tally_router`; ``/_sandbox/*`` holds the controls
+(``POST /_sandbox/reset`` keeps the knobs unless asked ``{"reset_config": true}``, as in the other sandboxes).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -38,6 +39,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from omni_erp import einvoice
+from omni_erp.sandbox.base import SandboxState, sandbox_app
 from omni_erp.sandbox.catalogue import hsn_for
 from omni_erp.sandbox.faults import FaultConfig, FaultInjector
 from omni_erp.sandbox.pdf import tiny_pdf
@@ -99,21 +101,31 @@ class ImportRefused(Exception):
     """One voucher of an import Tally refuses; the message is Tally's LINEERROR text."""
 
 
-class TallyState:
+class TallyState(SandboxState[TallySandboxConfig]):
     """Company books of the sandbox: vouchers by master id, the id counters, duplicate counts."""
 
-    def __init__(self, config: TallySandboxConfig, supplier_gstin: str, buyer_gstin: str) -> None:
-        self.lock = threading.Lock()
-        self.config = config
+    def __init__(self, config: Callable[[], TallySandboxConfig], *, supplier_gstin: str, buyer_gstin: str) -> None:
         self.supplier_gstin = supplier_gstin
         self.buyer_gstin = buyer_gstin
-        self.clear()
+        super().__init__(config)
 
     def clear(self) -> None:
         self.vouchers: dict[int, Voucher] = {}
         self.counters: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
         self.pdfs: dict[str, tuple[str, ...]] = {}
+
+    def documents(self) -> dict[str, Any]:
+        vouchers = [
+            {
+                "masterId": v.master_id, "alterId": v.alter_id, "voucherType": v.vch_type, "number": v.number,
+                "reference": v.reference, "key": v.key, "orderCode": v.order_code, "orderNo": v.order_no,
+                "returnOrderCode": v.return_code, "cancelled": v.cancelled, "irn": v.irn,
+                "total": float(v.total), "lines": [[line.sku, line.quantity, float(line.rate)] for line in v.lines],
+            }
+            for v in sorted(self.vouchers.values(), key=lambda v: v.master_id)
+        ]
+        return {"vouchers": vouchers, "duplicates": dict(self.duplicates)}
 
     def clock(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.config.clock_offset_s)
@@ -436,118 +448,89 @@ def _render(status: int, code: str, message: str, description: str | None) -> di
 # --- the server -------------------------------------------------------------------------------
 
 
-class TallyServer:
-    """The HTTP face of one sandbox company: the XML endpoint and the ``/_sandbox`` controls."""
+def tally_router(state: TallyState, company: str) -> APIRouter:
+    """The XML endpoint (``POST /``) of one loaded company, and the documents' PDFs."""
+    router = APIRouter()
 
-    def __init__(self, state: TallyState, faults: FaultInjector, company: str) -> None:
-        self.state = state
-        self.faults = faults
-        self.company = company
-        self.router = APIRouter()
-        self.router.add_api_route("/", self.xml_request, methods=["POST"])
-        self.router.add_api_route("/_sandbox/state", self.sandbox_state, methods=["GET"])
-        self.router.add_api_route("/_sandbox/reset", self.sandbox_reset, methods=["POST"])
-        self.router.add_api_route("/_sandbox/pdf/{name}", self.document_pdf, methods=["GET"])
-
-    async def xml_request(self, request: Request) -> Response:
-        self.state.config = self.faults.config  # type: ignore[assignment]
+    @router.post("/")
+    async def xml_request(request: Request) -> Response:
         raw = await request.body()
         try:
             envelope = ET.fromstring(raw)
         except ET.ParseError as exc:
             return _export_error(f"Unable to parse the XML request: {exc}")
         kind = _text(envelope, "HEADER/TALLYREQUEST").lower()
-        company = envelope.findtext(".//STATICVARIABLES/SVCURRENTCOMPANY")
-        if company is not None and company.strip() != self.company:
-            message = f"Could not set 'SVCurrentCompany' to '{company.strip()}'"
+        named = envelope.findtext(".//STATICVARIABLES/SVCURRENTCOMPANY")
+        if named is not None and named.strip() != company:
+            message = f"Could not set 'SVCurrentCompany' to '{named.strip()}'"
             return _import_response(Counter(), [message], 0) if kind.startswith("import") else _export_error(message)
-        with self.state.lock:
-            self.state.tick()
+        with state.lock:
+            state.tick()
             if kind in ("import", "import data"):
-                return self._import(envelope)
+                return _import(state, envelope)
             if kind == "export":
-                return self._export(envelope)
+                return _export(state, envelope)
         return _export_error(f"Unknown Request '{_text(envelope, 'HEADER/TALLYREQUEST')}'")
 
-    def _import(self, envelope: ET.Element) -> Response:
-        report = _text(envelope, "BODY/IMPORTDATA/REQUESTDESC/REPORTNAME")
-        if report.lower() != "vouchers":
-            return _import_response(Counter(), [f"Unknown Report '{report}' for import"], 0)
-        counts: Counter[str] = Counter()
-        errors: list[str] = []
-        last_id = 0
-        for element in envelope.iterfind("BODY/IMPORTDATA/REQUESTDATA/TALLYMESSAGE/VOUCHER"):
-            try:
-                outcome, voucher = self.state.import_voucher(element)
-            except ImportRefused as exc:
-                errors.append(str(exc))
-                continue
-            counts[outcome] += 1
-            last_id = voucher.master_id
-        return _import_response(counts, errors, last_id)
-
-    def _export(self, envelope: ET.Element) -> Response:
-        if _text(envelope, "HEADER/TYPE").lower() != "collection":
-            return _export_error(f"Unsupported export TYPE '{_text(envelope, 'HEADER/TYPE')}'")
-        name = _text(envelope, "HEADER/ID")
-        desc = envelope.find("BODY/DESC")
-        collection = None if desc is None else next(
-            (c for c in desc.iterfind("TDL/TDLMESSAGE/COLLECTION") if c.get("NAME") == name), None
-        )
-        if collection is None or _text(collection, "TYPE").lower() != "voucher":
-            return _export_error(f"Could not find Collection '{name}'")
-        formulae = {
-            (s.get("NAME") or "").upper(): (s.text or "")
-            for s in desc.iterfind("TDL/TDLMESSAGE/SYSTEM")  # type: ignore[union-attr]
-            if (s.get("TYPE") or "").lower() == "formulae"
-        }
-        static = desc.find("STATICVARIABLES")
-        variables = {child.tag.upper(): (child.text or "") for child in ([] if static is None else static)}
-        try:
-            filters = [formulae[n.strip().upper()] for n in _text(collection, "FILTERS").split(",") if n.strip()]
-        except KeyError as exc:
-            return _export_error(f"Could not find the Formula {exc.args[0]}")
-        try:
-            found = self.state.collection(filters, variables)
-        except ImportRefused as exc:
-            return _export_error(str(exc))
-        vouchers = "".join(_voucher_xml(v) for v in found)
-        return _xml(
-            '<ENVELOPE xmlns:UDF="TallyUDF"><HEADER><VERSION>1</VERSION><STATUS>1</STATUS></HEADER>'
-            f"<BODY><DESC></DESC><DATA><COLLECTION>{vouchers}</COLLECTION></DATA></BODY></ENVELOPE>"
-        )
-
-    async def sandbox_state(self) -> dict[str, Any]:
-        with self.state.lock:
-            self.state.tick()
-            vouchers = [
-                {
-                    "masterId": v.master_id, "alterId": v.alter_id, "voucherType": v.vch_type, "number": v.number,
-                    "reference": v.reference, "key": v.key, "orderCode": v.order_code, "orderNo": v.order_no,
-                    "returnOrderCode": v.return_code, "cancelled": v.cancelled, "irn": v.irn,
-                    "total": float(v.total), "lines": [[line.sku, line.quantity, float(line.rate)] for line in v.lines],
-                }
-                for v in sorted(self.state.vouchers.values(), key=lambda v: v.master_id)
-            ]
-            return {
-                "config": self.faults.config.model_dump(mode="json"),
-                "vouchers": vouchers,
-                "duplicates": dict(self.state.duplicates),
-                **self.faults.snapshot(),
-            }
-
-    async def sandbox_reset(self) -> dict[str, Any]:
-        with self.state.lock:
-            self.state.clear()
-        self.faults.reset(config=True)
-        return {"reset": True}
-
-    async def document_pdf(self, name: str) -> Response:
-        with self.state.lock:
-            lines = self.state.pdfs.get(name)
+    @router.get("/_sandbox/pdf/{name}")
+    async def document_pdf(name: str) -> Response:
+        with state.lock:
+            lines = state.pdfs.get(name)
         if lines is None:
             return Response(f"no document PDF named {name}", status_code=404, media_type="text/plain")
         return Response(tiny_pdf(*lines), media_type="application/pdf")
+
+    return router
+
+
+def _import(state: TallyState, envelope: ET.Element) -> Response:
+    report = _text(envelope, "BODY/IMPORTDATA/REQUESTDESC/REPORTNAME")
+    if report.lower() != "vouchers":
+        return _import_response(Counter(), [f"Unknown Report '{report}' for import"], 0)
+    counts: Counter[str] = Counter()
+    errors: list[str] = []
+    last_id = 0
+    for element in envelope.iterfind("BODY/IMPORTDATA/REQUESTDATA/TALLYMESSAGE/VOUCHER"):
+        try:
+            outcome, voucher = state.import_voucher(element)
+        except ImportRefused as exc:
+            errors.append(str(exc))
+            continue
+        counts[outcome] += 1
+        last_id = voucher.master_id
+    return _import_response(counts, errors, last_id)
+
+
+def _export(state: TallyState, envelope: ET.Element) -> Response:
+    if _text(envelope, "HEADER/TYPE").lower() != "collection":
+        return _export_error(f"Unsupported export TYPE '{_text(envelope, 'HEADER/TYPE')}'")
+    name = _text(envelope, "HEADER/ID")
+    desc = envelope.find("BODY/DESC")
+    collection = None if desc is None else next(
+        (c for c in desc.iterfind("TDL/TDLMESSAGE/COLLECTION") if c.get("NAME") == name), None
+    )
+    if collection is None or _text(collection, "TYPE").lower() != "voucher":
+        return _export_error(f"Could not find Collection '{name}'")
+    formulae = {
+        (s.get("NAME") or "").upper(): (s.text or "")
+        for s in desc.iterfind("TDL/TDLMESSAGE/SYSTEM")  # type: ignore[union-attr]
+        if (s.get("TYPE") or "").lower() == "formulae"
+    }
+    static = desc.find("STATICVARIABLES")
+    variables = {child.tag.upper(): (child.text or "") for child in ([] if static is None else static)}
+    try:
+        filters = [formulae[n.strip().upper()] for n in _text(collection, "FILTERS").split(",") if n.strip()]
+    except KeyError as exc:
+        return _export_error(f"Could not find the Formula {exc.args[0]}")
+    try:
+        found = state.collection(filters, variables)
+    except ImportRefused as exc:
+        return _export_error(str(exc))
+    vouchers = "".join(_voucher_xml(v) for v in found)
+    return _xml(
+        '<ENVELOPE xmlns:UDF="TallyUDF"><HEADER><VERSION>1</VERSION><STATUS>1</STATUS></HEADER>'
+        f"<BODY><DESC></DESC><DATA><COLLECTION>{vouchers}</COLLECTION></DATA></BODY></ENVELOPE>"
+    )
 
 
 def create_tally_sandbox(
@@ -567,10 +550,6 @@ def create_tally_sandbox(
         Credit Note to its registration); 0 makes them appear at the next request.
     :param seed: seed of the injected-fault random source.
     """
-    config = TallySandboxConfig(invoice_delay_s=invoice_delay_s, seed=seed)
-    faults = FaultInjector(config, _render)
-    state = TallyState(config, supplier_gstin, buyer_gstin)
-    app = FastAPI(title="TallyPrime sandbox", docs_url=None, redoc_url=None, openapi_url=None)
-    faults.install(app)
-    app.include_router(TallyServer(state, faults, company).router)
-    return app
+    faults = FaultInjector(TallySandboxConfig(invoice_delay_s=invoice_delay_s, seed=seed), _render)
+    state = TallyState(lambda: faults.config, supplier_gstin=supplier_gstin, buyer_gstin=buyer_gstin)
+    return sandbox_app("TallyPrime sandbox", faults, state, tally_router(state, company))
