@@ -24,6 +24,7 @@ class Tag:
         f4 = "flow/f4"
         f5 = "flow/f5"
         f6 = "flow/f6"
+        reconciliation = "flow/reconciliation"  # the reconciliation report and the business SLA watch (issue 10)
 
     class System(_TagEnum):
         omni = "system/omni"
