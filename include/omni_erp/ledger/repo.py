@@ -165,7 +165,14 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
         return "duplicate" if existing == digest else "conflict"
 
     def claim_postings(
-        self, *, event_types: list[str], batch_id: str, limit: int = 500, lease: timedelta = DEFAULT_LEASE
+        self,
+        *,
+        event_types: list[str],
+        batch_id: str,
+        limit: int = 500,
+        lease: timedelta = DEFAULT_LEASE,
+        shard: int = 0,
+        shards: int = 1,
     ) -> list[ClaimedPosting]:
         """Claim up to ``limit`` postings of ``event_types`` for ``batch_id``, each for ``lease`` from now.
 
@@ -173,6 +180,9 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
         claim task is idempotent); pending postings and claims whose lease expired (a crashed run) are
         added. Two workers claiming at once never receive the same posting: PostgreSQL skips rows
         locked by the other (``FOR UPDATE SKIP LOCKED``), SQLite serialises writers (``BEGIN IMMEDIATE``).
+
+        With ``shards`` > 1 only the postings of shard ``shard`` (``id % shards``) are claimed and returned,
+        so the mapped tasks of one run, one per shard, share the run's batch and each works its own part.
         """
         ts = now()
         m = t.inbox_message
@@ -180,7 +190,7 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
             claimable = or_(m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts))
             query = (
                 select(m.c.id)
-                .where(m.c.event_type.in_(event_types), claimable)
+                .where(m.c.event_type.in_(event_types), claimable, *_in_shard(shard, shards))
                 .order_by(m.c.id)
                 .limit(limit)
             )
@@ -195,7 +205,9 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
                 )
             conn.execute(_extend_lease(batch_id, ts + lease))
             rows = conn.execute(
-                select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED, m.c.event_type.in_(event_types)).order_by(m.c.id)
+                select(m)
+                .where(m.c.batch_id == batch_id, m.c.state == CLAIMED, m.c.event_type.in_(event_types), *_in_shard(shard, shards))
+                .order_by(m.c.id)
             ).all()
         return [_claimed(r) for r in rows]
 
@@ -210,10 +222,12 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
         with self._write() as conn:
             return conn.execute(_extend_lease(batch_id, now() + lease)).rowcount
 
-    def claimed_postings(self, batch_id: str, event_types: list[str] | None = None) -> list[ClaimedPosting]:
-        """Postings still claimed by ``batch_id`` (not yet done, dead or released)."""
+    def claimed_postings(
+        self, batch_id: str, event_types: list[str] | None = None, *, shard: int = 0, shards: int = 1
+    ) -> list[ClaimedPosting]:
+        """Postings still claimed by ``batch_id`` (not yet done, dead or released), of shard ``shard`` of ``shards``."""
         m = t.inbox_message
-        query = select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED).order_by(m.c.id)
+        query = select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED, *_in_shard(shard, shards)).order_by(m.c.id)
         if event_types:
             query = query.where(m.c.event_type.in_(event_types))
         with self._read() as conn:
@@ -687,6 +701,18 @@ def _extend_lease(batch_id: str, until: datetime) -> Any:
         .where(m.c.batch_id == batch_id, m.c.state == CLAIMED, or_(m.c.lease_until.is_(None), m.c.lease_until < until))
         .values(lease_until=until)
     )
+
+
+def _in_shard(shard: int, shards: int) -> tuple[Any, ...]:
+    """Conditions "posting in shard ``shard`` of ``shards``" (none when unsharded).
+
+    :raises ValueError: unless 0 <= shard < shards.
+    """
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in 0..{shards - 1} for {shards} shard(s), got {shard}")
+    if shards == 1:
+        return ()
+    return (t.inbox_message.c.id % shards == shard,)
 
 
 def _held_by(batch_id: str | None) -> tuple[Any, ...]:
