@@ -75,7 +75,7 @@ def test_dag_follows_conventions(dagbag, dag_id):
     assert any(t.startswith("impact/") for t in tags)
     assert dag.deadline, "every flow has an SLA deadline alert"
     for alert in dag.deadline:
-        assert alert.callback.path == "omni_erp.alerts.deadline_missed"
+        assert alert.callback.path == "omni_erp.notifiers.DeadlineMissedNotifier"
     for task in dag.tasks:
         assert task.owner and task.owner != "airflow"
         assert task.retries >= 1 and task.retry_delay
