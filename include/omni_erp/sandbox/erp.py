@@ -405,7 +405,8 @@ class ErpState(SandboxState[ErpSandboxConfig]):
         }
         self.return_ids[ret.return_order_code] = return_order_id
         self.keys[("return_order", key)] = (body, return_order_id)
-        self.schedule("credit_note", return_order_id)
+        if ret.raise_credit_note is not False:  # false: the RMS credit-note path (issue 12), no e-credit note
+            self.schedule("credit_note", return_order_id)
         return self.return_view(return_order_id), True
 
     def request_credit_note(self, key: str, body: Any, base_url: str) -> tuple[dict[str, Any], bool]:
