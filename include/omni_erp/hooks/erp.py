@@ -110,7 +110,7 @@ class ErpHook(RetryingJsonHook, ErpAdapter):
 
     conn_name_attr = "erp_conn_id"
     default_conn_name = settings.ERP_CONN_ID
-    conn_type = "http"
+    conn_type = "erp_rest"  # registered by omni_erp.provider; conn type http picks this adapter too
     hook_name = "Seller ERP (generic REST)"
     system = "erp"
     books_returns_without_credit_note = True  # the contract's raiseCreditNote: false
@@ -136,6 +136,15 @@ class ErpHook(RetryingJsonHook, ErpAdapter):
         except ValueError:
             return None, (response.text or response.reason or "")[:500]
         return error.get("code"), str(error.get("message") or "")[:500]
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The connection form's "Test": read an empty page of the e-invoice feed (token and URL checked, nothing read)."""
+        from omni_erp.hooks.probe import PROBE_CURSOR, probe
+
+        return probe(
+            self, "the ERP", lambda: self.einvoices_since(PROBE_CURSOR, limit=1),
+            ok_message="the ERP accepted the token and answered the e-invoice feed",
+        )
 
     def _write(self, endpoint: str, operation: str, body: Any, key: str) -> Any:
         return self.call(

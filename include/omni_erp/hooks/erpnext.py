@@ -175,7 +175,7 @@ class ErpNextHook(RetryingJsonHook, ErpAdapter):
 
     conn_name_attr = "erp_conn_id"
     default_conn_name = settings.ERP_CONN_ID
-    conn_type = "http"
+    conn_type = "erpnext"  # registered by omni_erp.provider
     hook_name = "Seller ERP (ERPNext)"
     system = "erp"
 
@@ -200,6 +200,15 @@ class ErpNextHook(RetryingJsonHook, ErpAdapter):
                 f"connection {self.erp_conn_id!r} needs the ERPNext API key in 'login' and the API secret in 'password'"
             )
         return FrappeTokenAuth(connection.login, connection.password)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The connection form's "Test": list Sales Invoices beyond the last one (key, secret and URL checked)."""
+        from omni_erp.hooks.probe import PROBE_CURSOR, probe
+
+        return probe(
+            self, "ERPNext", lambda: self.einvoices_since(PROBE_CURSOR, limit=1),
+            ok_message="ERPNext accepted the API key and secret and answered a Sales Invoice listing",
+        )
 
     def error_message(self, response: Any) -> tuple[str | None, str]:
         try:

@@ -45,7 +45,7 @@ class OmniHook(RetryingJsonHook):
 
     conn_name_attr = "omni_conn_id"
     default_conn_name = settings.OMNI_CONN_ID
-    conn_type = "http"
+    conn_type = "omni"  # registered by omni_erp.provider; connections of type http work the same
     hook_name = "Increff Omni (Ajio VMS)"
     system = "omni"
 
@@ -70,6 +70,23 @@ class OmniHook(RetryingJsonHook):
         except ValueError:
             return None, (response.text or response.reason or "")[:500]
         return body.code, " - ".join(p for p in (body.message, body.description) if p) or body.text()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The connection form's "Test": POST an empty JSON object to the B2B invoice endpoint.
+
+        Increff has no read-only endpoint for a vendor, so the probe is a document Omni can only refuse:
+        400 (validation) proves the URL and the credentials were accepted, 401/403 that they were not.
+        Nothing is created in Omni.
+        """
+        from omni_erp.hooks.probe import probe
+
+        return probe(
+            self,
+            "Increff Omni",
+            lambda: self.call("POST", B2B_INVOICE_ENDPOINT, operation="test_connection", json={}),
+            ok_message="Increff Omni accepted the credentials (the empty probe document was refused, as expected)",
+            accepted_statuses=(400, 422),
+        )
 
     def post_b2b_invoice(self, invoice: B2BInvoice) -> None:
         """Upload one B2B invoice; the log/ledger key names the invoice number (``keys.omni_invoice``)."""

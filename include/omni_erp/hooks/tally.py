@@ -133,7 +133,7 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
 
     conn_name_attr = "tally_conn_id"
     default_conn_name = TALLY_CONN_ID
-    conn_type = "http"
+    conn_type = "tally"  # registered by omni_erp.provider
     hook_name = "Seller ERP (TallyPrime XML)"
     system = "erp"
 
@@ -167,6 +167,15 @@ class TallyHook(RetryingJsonHook, ErpAdapter):
         if self._company is None:
             self.session  # noqa: B018 - reading the connection sets the company
         return self._company or ""
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The connection form's "Test": export the company's sales vouchers beyond the last one (an empty read)."""
+        from omni_erp.hooks.probe import PROBE_CURSOR, probe
+
+        return probe(
+            self, "TallyPrime", lambda: self.einvoices_since(PROBE_CURSOR, limit=1),
+            ok_message="TallyPrime answered an export for the company named in the connection's login",
+        )
 
     def error_message(self, response: Any) -> tuple[str | None, str]:
         text = (response.text or response.reason or "")[:500]
