@@ -141,14 +141,71 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
         Returns "stored" for a new posting, "duplicate" when the same id arrived before with the same
         content, "conflict" when the id was used for different content (nothing is changed then).
         """
-        digest = content_hash(payload)
+        return self.record_postings(
+            [
+                dict(
+                    message_id=message_id,
+                    event_type=event_type,
+                    business_key=business_key,
+                    order_code=order_code,
+                    payload=payload,
+                    state=state,
+                )
+            ]
+        )[0]
+
+    def record_postings(self, postings: list[dict[str, Any]]) -> list[StoreResult]:
+        """Store several postings in one transaction, each as ``record_posting`` would (the inbox's group commit).
+
+        Each item holds ``record_posting``'s keyword arguments; the results come in the same order. A
+        ``messageId`` repeated within the call is decided as if the items had arrived one after the other:
+        the first is stored, a later one with the same content is a "duplicate", with other content a
+        "conflict". An error rolls the whole call back: none of it is stored.
+        """
+        if not postings:
+            return []
         ts = now()
-        row = dict(
+        rows = [self._posting_row(ts, **posting) for posting in postings]
+        m = t.inbox_message
+        repeats = Counter(row["message_id"] for row in rows)
+        with self._write() as conn:
+            # One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING (SQLAlchemy's "insertmanyvalues").
+            statement = _insert_ignoring_conflicts(conn, m).returning(m.c.message_id)
+            inserted = {row.message_id for row in conn.execute(statement, rows)}
+            stored_hash = {row["message_id"]: row["content_hash"] for row in rows if repeats[row["message_id"]] == 1}
+            undecided = [mid for mid in repeats if mid not in inserted or repeats[mid] > 1]
+            if undecided:
+                query = select(m.c.message_id, m.c.content_hash).where(m.c.message_id.in_(undecided))
+                stored_hash.update({mid: digest for mid, digest in conn.execute(query)})
+        results: list[StoreResult] = []
+        taken: set[str] = set()
+        for row in rows:
+            message_id, same = row["message_id"], row["content_hash"] == stored_hash[row["message_id"]]
+            if same and message_id in inserted and message_id not in taken:
+                taken.add(message_id)
+                results.append("stored")
+            else:
+                results.append("duplicate" if same else "conflict")
+        return results
+
+    @staticmethod
+    def _posting_row(
+        ts: datetime,
+        *,
+        message_id: str,
+        event_type: str,
+        business_key: str,
+        order_code: str,
+        payload: dict[str, Any],
+        state: str = PENDING,
+    ) -> dict[str, Any]:
+        """The ``inbox_message`` row of a newly received posting."""
+        return dict(
             message_id=message_id,
             event_type=event_type,
             business_key=business_key,
             order_code=order_code,
-            content_hash=digest,
+            content_hash=content_hash(payload),
             payload=json.dumps(payload, ensure_ascii=False, default=str),
             received_at=ts,
             state=state,
@@ -156,13 +213,6 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
             attempts=0,
             updated_at=ts,
         )
-        if self._insert_once(t.inbox_message, **row):
-            return "stored"
-        with self._read() as conn:
-            existing = conn.execute(
-                select(t.inbox_message.c.content_hash).where(t.inbox_message.c.message_id == message_id)
-            ).scalar_one()
-        return "duplicate" if existing == digest else "conflict"
 
     def claim_postings(
         self,
