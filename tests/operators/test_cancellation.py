@@ -327,7 +327,10 @@ def test_erp_outage_defers_cancellations_and_the_next_run_finishes_them(erp, led
     book(ledger, *creates)
     erp.configure(error_rate=1.0)
     with pytest.raises(AirflowFailException, match="3 item\\(s\\) deferred"):
-        _cancel(ledger, *[cancel_posting(c, 10 + i) for i, c in enumerate(creates)], max_consecutive_unavailable=2)
+        # One at a time: "in a row" is then the batch order (the pooled case: tests/operators/test_concurrency.py).
+        _cancel(
+            ledger, *[cancel_posting(c, 10 + i) for i, c in enumerate(creates)], max_consecutive_unavailable=2, max_in_flight=1
+        )
     tried = {c["idempotency_key"] for c in ledger.calls() if c["operation"] == "cancel_sales_order"}
     assert len(tried) == 2  # the circuit opened: the third order was not attempted
     assert {p["state"] for p in ledger.postings(CANCEL)} == {PENDING}

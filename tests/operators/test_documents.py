@@ -410,7 +410,8 @@ def test_omni_outage_keeps_invoices_ready_and_fails_the_task(erp, omni, ledger):
     omni.configure(error_rate=1.0)
 
     with pytest.raises(AirflowFailException, match="4 item\\(s\\) deferred"):
-        _run(OmniInvoiceUploadOperator, batch_id="run-1", max_consecutive_unavailable=2)
+        # One at a time: "in a row" is then the batch order (the pooled case: tests/operators/test_concurrency.py).
+        _run(OmniInvoiceUploadOperator, batch_id="run-1", max_consecutive_unavailable=2, max_in_flight=1)
 
     attempted = {c["idempotency_key"] for c in ledger.calls() if c["operation"] == "post_b2b_invoice"}
     assert len(attempted) == 2  # the circuit opened after two invoices in a row found Omni down

@@ -122,7 +122,8 @@ def test_erp_outage_defers_postings_and_the_report_fails_the_run(erp, ledger):
     _run(OmniInboxClaimOperator, event_types=[CREATE])
     _run(ErpSalesOrderMapOperator)
     with pytest.raises(AirflowFailException, match="5 item\\(s\\) deferred"):
-        _run(ErpSalesOrderCreateOperator, max_consecutive_unavailable=2)
+        # One at a time: "in a row" is then the batch order (the pooled case: tests/operators/test_concurrency.py).
+        _run(ErpSalesOrderCreateOperator, max_consecutive_unavailable=2, max_in_flight=1)
     # Only two orders were tried before the circuit opened; the other three were not attempted.
     sales_order_calls = [c for c in ledger.calls() if c["operation"] == "create_sales_order"]
     assert len({c["idempotency_key"] for c in sales_order_calls}) == 2

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
 
 from omni_erp import settings
 from omni_erp.ledger import tables as t
@@ -37,6 +37,25 @@ def content_hash(payload: Any) -> str:
     """Hash of the posting's JSON content, independent of key order and whitespace."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Postings per claim transaction and per read of a batch: memory and transaction length stay bounded
+# however large the batch (claim_batch, iter_claimed_postings).
+PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class ClaimSummary:
+    """What ``Ledger.claim_batch`` claimed: counts only, no payloads.
+
+    :param claimed: postings the batch holds now (claimed by this call or an earlier try of it).
+    :param by_event_type: the same by event type.
+    :param retried: those deferred before by an earlier run (``attempts`` > 0).
+    """
+
+    claimed: int
+    by_event_type: dict[str, int]
+    retried: int
 
 
 @dataclass(frozen=True)
@@ -260,6 +279,83 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
                 .order_by(m.c.id)
             ).all()
         return [_claimed(r) for r in rows]
+
+    def claim_batch(
+        self,
+        *,
+        event_types: list[str],
+        batch_id: str,
+        limit: int = 500,
+        lease: timedelta = DEFAULT_LEASE,
+        page_size: int = PAGE_SIZE,
+    ) -> ClaimSummary:
+        """Claim like ``claim_postings``, one transaction per page of ``page_size`` postings, and return counts.
+
+        The same rules (a retried claim returns the batch again with its lease renewed; expired claims are
+        taken over; two workers never get the same posting), but no payload is read, so claiming 100,000
+        postings costs a few small transactions and no memory; the operators then stream the batch with
+        ``iter_claimed_postings``. A page's claim is one transaction: a crash leaves whole pages claimed
+        (their lease runs out), never a half-marked page.
+        """
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        claimed = 0
+        while claimed < limit:
+            page = self._claim_page(event_types, batch_id, min(page_size, limit - claimed), lease)
+            claimed += page
+            if page == 0:
+                break
+        m = t.inbox_message
+        held = (m.c.batch_id == batch_id, m.c.state == CLAIMED, m.c.event_type.in_(event_types))
+        with self._write() as conn:
+            conn.execute(_extend_lease(batch_id, now() + lease))  # an earlier try's pages too
+            rows = conn.execute(
+                select(m.c.event_type, func.count(), func.sum(case((m.c.attempts > 0, 1), else_=0)))
+                .where(*held)
+                .group_by(m.c.event_type)
+            ).all()
+        by_type = {event_type: int(count) for event_type, count, _ in rows}
+        return ClaimSummary(sum(by_type.values()), by_type, sum(int(retried or 0) for *_, retried in rows))
+
+    def _claim_page(self, event_types: list[str], batch_id: str, size: int, lease: timedelta) -> int:
+        """Claim up to ``size`` claimable postings for ``batch_id`` in one transaction; returns how many."""
+        ts = now()
+        m = t.inbox_message
+        with self._write() as conn:
+            claimable = or_(m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts))
+            query = select(m.c.id).where(m.c.event_type.in_(event_types), claimable).order_by(m.c.id).limit(size)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(conn.execute(query).scalars())
+            if ids:
+                conn.execute(
+                    update(m)
+                    .where(m.c.id.in_(ids))
+                    .values(state=CLAIMED, batch_id=batch_id, lease_until=ts + lease, updated_at=ts)
+                )
+        return len(ids)
+
+    def iter_claimed_postings(
+        self, batch_id: str, event_types: list[str] | None = None, *, page_size: int = PAGE_SIZE
+    ) -> Iterator[ClaimedPosting]:
+        """``claimed_postings``, read a page at a time in id order: one page in memory whatever the batch size.
+
+        Each page is its own short read (no connection or snapshot is held while the caller works), and
+        pages follow by id, so postings the caller finishes meanwhile never make it skip one.
+        """
+        m = t.inbox_message
+        last_id = 0
+        while True:
+            query = select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED, m.c.id > last_id)
+            if event_types:
+                query = query.where(m.c.event_type.in_(event_types))
+            with self._read() as conn:
+                rows = conn.execute(query.order_by(m.c.id).limit(page_size)).all()
+            for row in rows:
+                yield _claimed(row)
+            if len(rows) < page_size:
+                return
+            last_id = rows[-1].id
 
     def renew_lease(self, batch_id: str, lease: timedelta = DEFAULT_LEASE) -> int:
         """Extend to ``lease`` from now the lease of every posting ``batch_id`` still holds; returns how many changed.

@@ -65,7 +65,7 @@ class ErpOrderCancelOperator(ErpOperator):
         if irn_window <= timedelta(0):
             raise ValueError(f"irn_window_hours must be positive, got {self.irn_window_hours!r}")
         return self.process_each(
-            self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CANCEL]),
+            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CANCEL]),
             partial(self._cancel_one, irn_window=irn_window),
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,

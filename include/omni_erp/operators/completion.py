@@ -5,6 +5,7 @@ The domain decision (what a COMPLETE posting says) and its pure rule live in ``o
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,9 @@ WAITING_FOR_EINVOICE = "waiting_for_einvoice"  # not "deferred": that one means 
 # --- the operator --------------------------------------------------------------------------------
 
 
+_COUNTS_LOCK = threading.Lock()
+
+
 class ErpOrderCompleteOperator(ErpOperator):
     """Handle the batch's ``OUTWARD_ORDER_COMPLETE`` postings by the module's domain decision.
 
@@ -73,7 +77,7 @@ class ErpOrderCompleteOperator(ErpOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         shipments: Counter[str] = Counter()
         summary = self.process_each(
-            self.ledger.claimed_postings(self.batch_id, [settings.EVENT_COMPLETE]),
+            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_COMPLETE]),
             lambda posting: self._complete_one(posting, shipments),
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,
@@ -147,7 +151,8 @@ class ErpOrderCompleteOperator(ErpOperator):
                 closed = None if ready else self._close(posting, order, decision, changed=bool(shipments.new))
         except LedgerConflictError as exc:
             return self._dead_letter(posting, str(exc))
-        counts.update(new_shipments=len(shipments.new), duplicate_shipments=shipments.repeated)
+        with _COUNTS_LOCK:  # postings of different orders finish on several threads (max_in_flight)
+            counts.update(new_shipments=len(shipments.new), duplicate_shipments=shipments.repeated)
         if closed is not None:
             return closed
         return self._book_returns(posting, order, decision, ready)

@@ -69,7 +69,7 @@ class OmniDocumentUploadOperator(ErpOperator):
     def omni(self) -> OmniHook:
         from omni_erp.hooks.omni import OmniHook
 
-        return OmniHook(self.omni_conn_id, on_attempt=self.record_attempt)
+        return self.limited(OmniHook(self.omni_conn_id, on_attempt=self.record_attempt))
 
     def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
         """The Omni body for a ledger document; raises ``PayloadError``/``ValueError`` when it cannot be built."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,23 +34,27 @@ class OmniInboxClaimOperator(LedgerOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         lease = self.lease
         self._warn_if_lease_is_shorter_than_a_call(lease)
-        claimed = self.ledger.claim_postings(
+        # A page per transaction and counts only: the next tasks stream the batch (iter_claimed_postings).
+        claimed = self.ledger.claim_batch(
             event_types=list(self.event_types),
             batch_id=self.batch_id,
             limit=int(self.limit),
             lease=lease,
         )
-        by_type = Counter(p.event_type for p in claimed)
-        redelivered = sum(1 for p in claimed if p.attempts > 0)
         self.log.info(
             "Claimed %d posting(s) for batch %s for %s unless renewed: %s (%d previously deferred)",
-            len(claimed),
+            claimed.claimed,
             self.batch_id,
             lease,
-            dict(by_type) or "none",
-            redelivered,
+            claimed.by_event_type or "none",
+            claimed.retried,
         )
-        return {"batch_id": self.batch_id, "claimed": len(claimed), "by_event_type": dict(by_type), "retried": redelivered}
+        return {
+            "batch_id": self.batch_id,
+            "claimed": claimed.claimed,
+            "by_event_type": claimed.by_event_type,
+            "retried": claimed.retried,
+        }
 
     def _warn_if_lease_is_shorter_than_a_call(self, lease: timedelta) -> None:
         """Warn when the HTTP settings let the time between two renewals come close to the lease.

@@ -42,7 +42,7 @@ class ErpSalesOrderMapOperator(LedgerOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         return self.process_each(
-            self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
+            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
             self._map_one,
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,
@@ -116,7 +116,7 @@ class ErpSalesOrderCreateOperator(ErpOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         return self.process_each(
-            self.ledger.claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
+            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
             self._book_one,
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,

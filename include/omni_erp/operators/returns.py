@@ -77,7 +77,7 @@ class ErpSalesReturnOperator(ErpOperator):
         manual_rows: list[dict[str, Any]] = []
         try:
             counts = self.process_each(
-                self.ledger.claimed_postings(self.batch_id, [settings.EVENT_RETURN]),
+                self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_RETURN]),
                 lambda posting: self._handle(posting, manual_rows),
                 defer=self.defer_posting,
                 give_up=self.dead_letter_posting,
