@@ -22,6 +22,7 @@ from omni_erp import settings
 from omni_erp.inbox import auth
 from omni_erp.inbox.credentials import DynamicCredentials
 from omni_erp.inbox.ledger_source import DEFAULT_RECHECK_S, CurrentLedger
+from omni_erp.inbox.writer import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, PostingWriter
 from omni_erp.models.omni import ReturnOrderPosting, parse_posting
 from omni_erp.states import IGNORED, PENDING, STAGE_INBOX
 
@@ -33,6 +34,8 @@ MAX_JSON_DEPTH = 32  # nested arrays/objects; Increff's postings need 6
 DEAD_LETTER_PAYLOAD_CHARS = 20_000  # what the dead-letter table keeps of a rejected body
 DEAD_LETTER_PAYLOAD_BYTES = DEAD_LETTER_PAYLOAD_CHARS * 4  # UTF-8: at most 4 bytes a character
 MAX_REPORTED_ERRORS = 5
+# Smaller bodies (all real postings) are parsed on the event loop: a thread hop costs more than parsing them.
+INLINE_PARSE_BYTES = 64 * 1024
 DEAD_LETTER_STAGE = STAGE_INBOX
 # application/json or a structured-syntax suffix (application/*+json), optionally with a UTF-8 charset.
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:json|[a-z0-9!#$&^_.+-]+\+json)")
@@ -59,6 +62,8 @@ class InboxSettings:
     :param connection_lookup: ``conn_id -> connection or None`` for the ledger connection; default
         ``omni_erp.connections.get_connection``.
     :param clock: wall clock (Unix seconds) that dates the dynamic tokens; injectable for tests.
+    :param group_commit_max_batch: most postings the writer stores in one transaction (``inbox.writer``).
+    :param group_commit_max_wait_s: how long a batch may wait for more postings (0: only those already queued).
     """
 
     api_key: str | Callable[[], str | None] | None
@@ -70,6 +75,8 @@ class InboxSettings:
     ledger_recheck_s: float = DEFAULT_RECHECK_S
     connection_lookup: Callable[[str], Any | None] | None = None
     clock: Callable[[], float] = time.time
+    group_commit_max_batch: int = DEFAULT_MAX_BATCH
+    group_commit_max_wait_s: float = DEFAULT_MAX_WAIT_S
 
 
 class _Rejected(Exception):
@@ -133,6 +140,13 @@ def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
     app = FastAPI(title="Omni inbox", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     ledger = _LazyLedger(inbox_settings)
+    # One writer per app, so per server process: concurrent postings share its transactions (inbox.writer).
+    writer = PostingWriter(
+        ledger.get,
+        max_batch=inbox_settings.group_commit_max_batch,
+        max_wait_s=inbox_settings.group_commit_max_wait_s,
+    )
+    app.state.posting_writer = writer
 
     @app.post("/postings")
     async def receive_posting(request: Request) -> JSONResponse:
@@ -144,7 +158,11 @@ def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
             _check_content_type(request)
             _check_declared_length(request, inbox_settings.max_body_bytes)
             await _read_body(request, inbox_settings.max_body_bytes, meta)
-            outcome = await run_in_threadpool(_store, ledger, meta)
+            if len(meta["raw"]) <= INLINE_PARSE_BYTES:
+                record = _validate(meta)
+            else:
+                record = await run_in_threadpool(_validate, meta)
+            outcome = await _store(writer, record, meta)
             response = JSONResponse({"hasError": False})
         except _Rejected as rejected:
             if rejected.dead_letter:
@@ -270,8 +288,8 @@ async def _read_body(request: Request, limit: int, meta: dict[str, Any]) -> None
     meta["raw"] = b"".join(chunks)
 
 
-def _store(lazy_ledger: _LazyLedger, meta: dict[str, Any]) -> str:
-    """Validate and store the posting in ``meta["raw"]``; adds the keys known so far to ``meta``."""
+def _validate(meta: dict[str, Any]) -> dict[str, Any]:
+    """Validate the posting in ``meta["raw"]`` into ``Ledger.record_posting``'s arguments; adds the keys known so far to ``meta``."""
     data = _parse_json(meta["raw"])
     meta.update(_readable_keys(data))
     _check_storable(data)
@@ -286,26 +304,31 @@ def _store(lazy_ledger: _LazyLedger, meta: dict[str, Any]) -> str:
         raise _Rejected(400, _describe_errors(exc.errors()), outcome="rejected") from None
     meta.update(message_id=posting.message_id, event_type=posting.event_type, business_key=posting.business_key)
     order_code = posting.forward_order_code if isinstance(posting, ReturnOrderPosting) else posting.order_code
+    return dict(
+        message_id=posting.message_id,
+        event_type=posting.event_type,
+        business_key=posting.business_key,
+        order_code=order_code,
+        payload=data,
+        state=PENDING if posting.event_type in settings.HANDLED_EVENTS else IGNORED,
+    )
+
+
+async def _store(writer: PostingWriter, record: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Store the posting through the group-committing writer; returns once its transaction committed."""
     try:
-        result = lazy_ledger.get().record_posting(
-            message_id=posting.message_id,
-            event_type=posting.event_type,
-            business_key=posting.business_key,
-            order_code=order_code,
-            payload=data,
-            state=PENDING if posting.event_type in settings.HANDLED_EVENTS else IGNORED,
-        )
+        result = await writer.store(record)
     except DataError:
         # Deterministic (e.g. a NUL character PostgreSQL refuses): a retry would fail the same way.
-        log.warning("inbox: ledger refused posting %s", _printable(posting.message_id), exc_info=True)
+        log.warning("inbox: ledger refused posting %s", _printable(record["message_id"]), exc_info=True)
         raise _Rejected(400, "the posting contains values the ledger cannot store", outcome="rejected") from None
     except Exception:  # any other failure to resolve or write the ledger: Omni must retry (domain.md 4.5)
-        log.error("inbox: could not store posting %s", _printable(posting.message_id), exc_info=True)
+        log.error("inbox: could not store posting %s", _printable(record["message_id"]), exc_info=True)
         raise _Rejected(503, "could not store the posting; retry", outcome="ledger_unavailable", dead_letter=False) from None
     if result == "conflict":
         raise _Rejected(
             409,
-            f"messageId {posting.message_id} was already received with different content",
+            f"messageId {record['message_id']} was already received with different content",
             outcome="conflict",
         )
     return result
