@@ -27,6 +27,7 @@ class SandboxState(Generic[ConfigT]):
     Subclasses set up their documents in :meth:`clear`, list them for ``GET /_sandbox/state`` in
     :meth:`documents`, and publish what falls due with time (an ERP's e-invoices) in :meth:`tick`; all three are
     called with :attr:`lock` held. :attr:`config` is read live, so ``POST /_sandbox/config`` applies at once.
+    ``__init__`` calls :meth:`clear`, so a subclass sets its own constructor arguments before ``super().__init__``.
 
     :param config: returns the current knobs (the fault injector's, e.g. ``lambda: faults.config``).
     """
