@@ -31,6 +31,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG
 
+from omni_erp import assets
 from omni_erp import dag_conventions as conventions
 from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator, OmniInvoiceUploadOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
@@ -41,7 +42,7 @@ with DAG(
     dag_display_name="F2 · ERP e-invoice → Omni B2B invoice",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=conventions.every("*/5 * * * *"),
+    schedule=assets.wake_on(assets.EINVOICE_FEED, assets.ERP_SALES_ORDERS, cron="*/5 * * * *"),
     start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -52,10 +53,13 @@ with DAG(
     # SLA: the warehouse cannot pick an Ajio order until its invoice reached Omni (domain.md section 1).
     deadline=conventions.sla("f2", minutes=15),
 ) as dag:
-    fetch = ErpEInvoiceFetchOperator(task_id="fetch_einvoices", since_seq="{{ params.since_seq }}")
+    fetch = ErpEInvoiceFetchOperator(
+        task_id="fetch_einvoices", since_seq="{{ params.since_seq }}", outlets=[assets.INVOICED_ORDERS]
+    )
     # all_done: invoices already matched are uploaded even when the fetch failed (one bad document, an ERP outage).
     upload = OmniInvoiceUploadOperator(
-        task_id="upload_invoices", retry_failed="{{ params.retry_failed }}", trigger_rule="all_done"
+        task_id="upload_invoices", retry_failed="{{ params.retry_failed }}", trigger_rule="all_done",
+        outlets=[assets.OMNI_B2B_INVOICES],
     )
     report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG
 
+from omni_erp import assets
 from omni_erp import dag_conventions as conventions
 from omni_erp.operators.cancellation import ErpOrderCancelOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
@@ -50,7 +51,7 @@ with DAG(
     dag_display_name="F3 · Omni order cancellation → ERP",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=conventions.every("*/5 * * * *"),
+    schedule=assets.wake_on(assets.CANCEL_POSTINGS, cron="*/5 * * * *"),
     start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,

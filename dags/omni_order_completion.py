@@ -36,6 +36,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG
 
+from omni_erp import assets
 from omni_erp import dag_conventions as conventions
 from omni_erp.operators.completion import ErpOrderCompleteOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
@@ -48,7 +49,7 @@ with DAG(
     dag_display_name="F4 · Omni order completion → ERP return order",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=conventions.every("*/15 * * * *"),
+    schedule=assets.wake_on(assets.COMPLETE_POSTINGS, assets.INVOICED_ORDERS, cron="*/15 * * * *"),
     start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG
 
+from omni_erp import assets
 from omni_erp import dag_conventions as conventions
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
@@ -42,7 +43,7 @@ with DAG(
     dag_display_name="F1 · Omni order posting → ERP sales order",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=conventions.every("*/5 * * * *"),
+    schedule=assets.wake_on(assets.ORDER_POSTINGS, cron="*/5 * * * *"),
     start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -56,7 +57,9 @@ with DAG(
     claim = OmniInboxClaimOperator(task_id="claim_postings", event_types=[EVENT_CREATE], limit="{{ params.limit }}")
     map_orders = ErpSalesOrderMapOperator(task_id="map_sales_orders")
     # all_done: one posting that made the mapping task fail must not keep the others from being booked.
-    create = ErpSalesOrderCreateOperator(task_id="create_sales_orders", trigger_rule="all_done")
+    create = ErpSalesOrderCreateOperator(
+        task_id="create_sales_orders", trigger_rule="all_done", outlets=[assets.ERP_SALES_ORDERS]
+    )
     report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
 
     claim >> map_orders >> create >> report

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param
 
+from omni_erp import assets
 from omni_erp import dag_conventions as conventions
 from omni_erp.operators.credit_notes import ErpCreditNoteFetchOperator, OmniCreditNoteUploadOperator
 from omni_erp.operators.inbox import OmniInboxClaimOperator
@@ -61,7 +62,7 @@ with DAG(
     dag_display_name="F5 + F6 · Omni returns → ERP return orders → credit notes to Omni",
     description=__doc__.splitlines()[0],
     doc_md=__doc__,
-    schedule=conventions.every("*/15 * * * *"),
+    schedule=assets.wake_on(assets.RETURN_POSTINGS, assets.CREDIT_NOTE_FEED, cron="*/15 * * * *"),
     start_date=conventions.START_DATE,
     catchup=False,
     max_active_runs=1,
