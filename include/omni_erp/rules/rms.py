@@ -163,6 +163,8 @@ def _time(value: Any) -> str:
     """Omni's format (ISO-8601, milliseconds, IST offset) when the value parses, else as sent."""
     if value is None:
         return ""
+    if not isinstance(value, str):
+        return str(value)
     try:
         parsed = parse_datetime(value)
     except ValueError:
