@@ -6,6 +6,7 @@ Both read the ledger (``omni_erp.ledger.queries``) and hand the rows to pure rul
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -31,6 +32,19 @@ def _queries(operator: LedgerOperator) -> ReconciliationQueries:
     from omni_erp.ledger.queries import ReconciliationQueries
 
     return ReconciliationQueries(operator.ledger)
+
+
+def send_alert(message: dict[str, Any]) -> bool:
+    """Send one alert through the alert channel (``omni_erp.notifiers``); True when delivered, or when no
+    channel is configured (the ERROR log line is then the alert, and re-sending it would only repeat it)."""
+    from omni_erp.alerts import ALERTS_CONN_ID
+    from omni_erp.connections import get_connection
+    from omni_erp.notifiers import AlertNotifier
+
+    logging.getLogger(__name__).error("Business SLA alert: %s", message["text"])
+    if get_connection(ALERTS_CONN_ID) is None:
+        return True
+    return AlertNotifier().deliver(message)
 
 
 def _positive(value: Any, name: str) -> float:
@@ -85,7 +99,6 @@ class SlaAlertOperator(LedgerOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from omni_erp.alerts import send_alert
         from omni_erp.rules import sla
 
         settings, at, queries = self.sla_settings(), now(), _queries(self)
@@ -104,13 +117,15 @@ class SlaAlertOperator(LedgerOperator):
         for rule, new in plan.new.items():
             message = sla.alert_message(rule, new, plan.still_open.get(rule, 0))
             try:
-                send_alert(message)
+                delivered = send_alert(message)
             except Exception as exc:
                 if _ledger_unreachable(exc):
                     raise
-                # Any other failure (webhook down, refused, connection misconfigured) is the alert's, not the run's.
-                self.log.error("Could not send the %s alert (%d breach(es)); the next run sends it: %s", rule, len(new),
-                               _error_text(exc))
+                # Any other failure (webhook misconfigured, ...) is the alert's, not the run's.
+                self.log.error("Could not send the %s alert: %s", rule, _error_text(exc))
+                delivered = False
+            if not delivered:
+                self.log.error("The %s alert (%d breach(es)) was not delivered; the next run sends it", rule, len(new))
                 failed.append(rule)
                 continue
             queries.record_sla_alert(rule, {b.subject: (b.order_code, b.detail) for b in new}, at=at)

@@ -259,7 +259,10 @@ def alert_message(rule: str, new: list[Breach], still_open: int = 0) -> dict[str
     lines = [b.detail for b in new[:MAX_LINES_PER_ALERT]]
     if len(new) > MAX_LINES_PER_ALERT:
         lines.append(f"... and {len(new) - MAX_LINES_PER_ALERT} more (see the reconciliation report)")
+    earlier = f" ({still_open} alerted earlier still open)" if still_open else ""
+    text = f"{TITLES[rule]}: {len(new)} new{earlier}\n" + "\n".join(lines) + f"\nWhat to do: {ACTIONS[rule]}"
     return {
+        "text": text,  # what chat webhooks (Slack, Mattermost, Teams) display
         "kind": "sla_breach",
         "rule": rule,
         "title": TITLES[rule],
