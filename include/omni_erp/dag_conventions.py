@@ -33,6 +33,8 @@ def default_args() -> dict[str, Any]:
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(minutes=20),
         "on_failure_callback": RunFailedNotifier(),
+        # Operators that call the ERP or Omni take the run's max_in_flight (others ignore it); '' = their default.
+        "max_in_flight": "{{ params.max_in_flight | default('') }}",
     }
 
 
@@ -47,7 +49,8 @@ def sla(flow: str, minutes: int) -> DeadlineAlert:
 
 def params(flow: str, *, claims: str | None = None, feed: str | None = None) -> dict[str, Param]:
     """The trigger form: the flow id, plus a batch size for DAGs that claim postings (``claims`` names
-    them) and the re-read / re-send controls for DAGs that read an ERP feed (``feed`` names it)."""
+    them), the re-read / re-send controls for DAGs that read an ERP feed (``feed`` names it), and for
+    both the requests in flight per task (``max_in_flight``, handed to the operators by ``default_args``)."""
     form: dict[str, Param] = {
         "flow": Param(flow, type="string", const=flow, title="Flow", description="Flow id used in alerts."),
     }
@@ -55,6 +58,12 @@ def params(flow: str, *, claims: str | None = None, feed: str | None = None) -> 
         form["limit"] = Param(
             500, type="integer", minimum=1, maximum=5000, title="Batch size",
             description=f"Most {claims} postings to claim in one run.",
+        )
+    if claims or feed:
+        form["max_in_flight"] = Param(
+            8, type="integer", minimum=1, maximum=64, title="Requests in flight",
+            description="Most requests each task keeps in flight to the ERP and to Omni at once (it backs off by "
+            "itself when they answer 429). Raise it for an ERP that serves many requests at once.",
         )
     if feed:
         form["since_seq"] = Param(

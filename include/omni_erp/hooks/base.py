@@ -144,8 +144,8 @@ class AdaptiveLimiter:
     keeps the task near the cap rather than at three quarters of it. Above the ceiling the window probes
     one step at a time, at most once per ``probe_interval_s``, so a cap that was raised is found again
     while the 429s that probing costs stay rare (at 320 requests/s and 2 s: 0.16 %). ``Retry-After``
-    holds the window from growing until that time has passed; the refused request itself waits it out
-    (``RetryPolicy.backoff``) before it is sent again.
+    stops the probing until that time has passed (the window only returns to the level that worked), and
+    the refused request itself waits it out (``RetryPolicy.backoff``) before it is sent again.
 
     Thread-safe; one per task and remote system. Other failures (5xx, timeouts) leave the window alone:
     the hook's retry policy deals with them.
@@ -196,17 +196,17 @@ class AdaptiveLimiter:
                 self._ceiling = max(1, min(self._ceiling, ticket.in_flight - 1))
                 if ticket.generation == self._generation:
                     self._generation += 1
-                    self._window = max(1, self._window // 2)
+                    self._window = self._window // 2
                     self._last_probe = at
+                self._window = max(1, min(self._window, self._ceiling))  # never above what is known to work
                 if retry_after:
                     self._hold_until = max(self._hold_until, at + retry_after)
-            elif at >= self._hold_until:
-                if self._window < self._ceiling:
-                    self._window += 1
-                elif self._window < self.limit and at - self._last_probe >= self.probe_interval_s:
-                    self._window += 1
-                    self._ceiling = self._window
-                    self._last_probe = at
+            elif self._window < self._ceiling:
+                self._window += 1
+            elif self._window < self.limit and at >= self._hold_until and at - self._last_probe >= self.probe_interval_s:
+                self._window += 1
+                self._ceiling = self._window
+                self._last_probe = at
             self._cond.notify_all()
 
 
