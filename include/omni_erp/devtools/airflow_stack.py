@@ -248,7 +248,11 @@ class AirflowStack:
             "api_auth": {"jwt_secret": secrets.token_urlsafe(32)},
             # One API worker: four (the default) cost a minute of start-up and ~1 GB on a 2-core machine.
             "api": {"secret_key": secrets.token_urlsafe(32), "workers": "1"},
-            "logging": {"logging_level": "WARNING"},
+            # Free ports for the log servers of task workers and the triggerer: the defaults (8793, 8794) are
+            # taken by any other Airflow on the machine, and a clash only shows as an error line in the log.
+            "logging": {"logging_level": "WARNING", "worker_log_server_port": free_port(),
+                        "trigger_log_server_port": free_port()},
+            "scheduler": {"scheduler_health_check_server_port": free_port()},
         }
         if self.api_port:
             settings["api"].update(host="127.0.0.1", port=str(self.api_port))
