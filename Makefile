@@ -19,9 +19,11 @@ venv: $(VENV)/.installed
 
 ## demo: sandboxes + inbox on loopback, a realistic batch of Ajio orders, the DAG(s) on real Airflow, a reconciliation
 ## (ERP=generic|erpnext|tally picks the ERP sandbox and the adapter; generic by default)
+## (CREDIT_NOTES=erp|rms: return credit notes raised by the ERP and uploaded, or by Increff RMS from our report)
 ERP ?= generic
+CREDIT_NOTES ?= erp
 demo: venv
-	$(VENV)/bin/python -m omni_erp.demo --erp $(ERP)
+	$(VENV)/bin/python -m omni_erp.demo --erp $(ERP) --credit-notes $(CREDIT_NOTES)
 
 ## test: the whole suite (SQLite and a throwaway PostgreSQL cluster, real HTTP servers, dag.test())
 test: venv

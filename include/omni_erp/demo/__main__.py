@@ -63,14 +63,14 @@ class Airflow:
             raise SystemExit(f"demo: DAG import errors: {self.dagbag.import_errors}")
         self.runs: list[tuple[str, str]] = []
 
-    def run(self, dag_id: str, note: str = "") -> Any:
+    def run(self, dag_id: str, note: str = "", **conf: Any) -> Any:
         import pendulum
 
         dag = self.dagbag.dags[dag_id]
         dag.deadline = None  # apache/airflow#73428: dag.test() crashes at the end of a DAG with a deadline
         logical_date = pendulum.now("UTC").subtract(days=2).add(seconds=len(self.runs))
         started = time.monotonic()
-        run = dag.test(logical_date=logical_date)
+        run = dag.test(logical_date=logical_date, run_conf=conf or None)
         summaries = []
         for ti in run.get_task_instances():
             value = ti.xcom_pull(task_ids=ti.task_id) if ti.state == "success" else None
@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"))
     parser.add_argument("--erp", choices=sorted(ERP_VIEWS), default="generic",
                         help="which ERP sandbox plays the seller's ERP (the erp_default connection type follows)")
+    parser.add_argument("--credit-notes", choices=("erp", "rms"), default="erp",
+                        help="who raises return credit notes: the ERP (uploaded to Omni) or Increff RMS (from our report)")
     args = parser.parse_args(argv)
+    if args.credit_notes == "rms" and args.erp != "generic":
+        raise SystemExit(f"demo: the {args.erp} adapter cannot book a return without an e-credit note; "
+                         "CREDIT_NOTES=rms needs ERP=generic")
 
     started = time.monotonic()
     dags = Path("dags").resolve()
@@ -107,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     with Stack(work, dags, args.seed, erp=args.erp) as stack:
         print(f"[demo] sandboxes and inbox running on 127.0.0.1; logs and the ledger in {work}")
         print(f"[demo] ERP: {args.erp} (erp_default conn_type {stack.erp_connection()['conn_type']!r})")
+        rms_dir = work / "rms_reports"
+        if args.credit_notes == "rms":
+            import os
+
+            os.environ.update(OMNI_ERP_CREDIT_NOTE_PATH="rms", OMNI_ERP_RMS_REPORT_DIR=str(rms_dir))
+            print(f"[demo] credit notes through Increff RMS: the ERP books returns without one; reports in {rms_dir}")
         if args.erp == "tally":
             print(f"[demo] note: TallyPrime serves no PDFs over XML; the connection's pdf_path ({TALLY_PDF_PATH}) "
                   "points at the sandbox's stand-in for PDFs the seller publishes, and Omni gets their URLs")
@@ -166,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         airflow.run("omni_order_completion")
 
         print("\n[demo] 6. customer returns and RTOs come back from the warehouse with QC results")
-        omni.push(plan.returns(), "RETURN_ORDER_COMPLETE")
+        return_postings = plan.returns()
+        omni.push(return_postings, "RETURN_ORDER_COMPLETE")
         airflow.run("omni_return_credit_note")
         time.sleep(0.5)
         airflow.run("omni_return_credit_note", "(credit notes raised since the last run)")
@@ -184,8 +196,20 @@ def main(argv: list[str] | None = None) -> int:
                        "omni_order_completion", "omni_return_credit_note"):
             airflow.run(dag_id)
         after = (erp_state(), stack.omni_state())
+        rms = None
+        if args.credit_notes == "rms":
+            rms = (return_postings, rms_dir)
+            print("\n[demo] 9. RMS raised the credit notes of the first report's returns: imported from RMS's CSV")
+            first = sorted(rms_dir.glob("*.csv"))[0]
+            from omni_erp.rules.rms import read_report
 
-        return reconcile(plan, omni, airflow.runs, before, after, time.monotonic() - started)
+            codes = sorted({row["returnOrderId"] for row in read_report(first.read_bytes().decode("utf-8"))})
+            settlement = work / "rms_credit_notes.csv"
+            settlement.write_text("returnOrderId,creditNoteNumber\n" + "".join(
+                f"{code},RMSCN/{n:05d}\n" for n, code in enumerate(codes[: len(codes) // 2 + 1], start=1)))
+            airflow.run("omni_return_credit_note", "(RMS credit notes recorded)", rms_credit_notes=str(settlement))
+
+        return reconcile(plan, omni, airflow.runs, before, after, time.monotonic() - started, rms=rms)
 
 
 if __name__ == "__main__":

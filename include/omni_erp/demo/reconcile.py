@@ -26,12 +26,13 @@ def _write_calls(state: dict[str, Any]) -> Any:
     return sum(n for endpoint, n in state["request_counts"].items() if endpoint.startswith("POST"))
 
 
-def path_results(plan: paths.Plan, ledger: Any, erp: dict[str, Any]) -> dict[str, list[bool]]:
+def path_results(plan: paths.Plan, ledger: Any, erp: dict[str, Any], *, credit_note_path: str = "erp") -> dict[str, list[bool]]:
     """Per planned path, one bool per order: did it end where that path leads (ledger and ERP agree)?
 
     :param plan: the generated orders and their paths.
     :param ledger: the ``Ledger`` the DAGs wrote.
     :param erp: the ERP sandbox's ``/_sandbox/state``.
+    :param credit_note_path: ``rms``: a booked return has no ERP credit note and is on the RMS path instead.
     """
     orders = {c["orderCode"]: ledger.get_order(c["orderCode"]) for c in plan.creates}
     invoices = _by_order(ledger.documents(s.DOC_INVOICE))
@@ -75,6 +76,9 @@ def path_results(plan: paths.Plan, ledger: Any, erp: dict[str, Any]) -> dict[str
             [ret] = order_returns
             if ret["state"] == s.RETURN_MANUAL_ONLY:
                 return not notes_for_order and bool(ledger.manual_settlements(ret["return_order_code"]))
+            if credit_note_path == "rms":
+                return (ret["state"] == s.RETURN_BOOKED and not notes_for_order
+                        and ledger.get_rms_return(ret["return_order_code"]) is not None)
             return ret["state"] == s.RETURN_BOOKED and [n["state"] for n in notes_for_order] == [s.DOC_UPLOADED]
         return False
 
@@ -91,7 +95,11 @@ def _by_order(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return grouped
 
 
-def reconcile(plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: tuple, after: tuple, wall_s: float) -> int:
+def reconcile(
+    plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: tuple, after: tuple, wall_s: float,
+    *, rms: tuple[list[dict[str, Any]], Any] | None = None,
+) -> int:
+    """Print the reconciliation; ``rms`` = (the return postings, the report folder) on the RMS credit-note path."""
     from omni_erp.ledger import Ledger
 
     ledger = Ledger.from_conn_id()
@@ -166,6 +174,13 @@ def reconcile(plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: 
         ("credit notes kept in the ERP (F3 >= 24 h, F4 partial cancel)", note_states[s.DOC_KEPT_IN_ERP]),
     ])
 
+    rms_checks: list[tuple[str, bool]] = []
+    if rms is not None:
+        from omni_erp.demo.rms import reconcile_rms
+
+        rms_rows, rms_checks = reconcile_rms(rms[0], ledger, rms[1], erp, omni_state)
+        _section("RMS credit-note path (returns -> ERP without credit note -> report for Increff RMS)", rms_rows)
+
     all_calls = ledger.calls()
     # ERPNext answers a retried insert whose first answer was lost with 409 DuplicateEntryError on the key field;
     # the adapter replays the saved document, so these need nobody.
@@ -181,7 +196,7 @@ def reconcile(plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: 
         ("calls refused with a 4xx (needs a person)", calls[("erp", "rejected")] + calls[("omni", "rejected")] - replayed),
     ])
 
-    per_path = path_results(plan, ledger, erp)
+    per_path = path_results(plan, ledger, erp, credit_note_path="rms" if rms is not None else "erp")
     print("\nEvery order, by path (as expected / orders)")
     print("-" * 78)
     for path, results in sorted(per_path.items()):
@@ -209,6 +224,7 @@ def reconcile(plan: paths.Plan, omni: Any, runs: list[tuple[str, str]], before: 
         ("no document uploaded twice to Omni", not any(omni_state["duplicates"].values())),
         ("the final re-run of all five DAGs wrote nothing new",
          _write_calls(erp) == _write_calls(before_erp) and _write_calls(omni_state) == _write_calls(before_omni)),
+        *rms_checks,
     ]
     print("\nInvariants")
     print("-" * 78)
