@@ -162,9 +162,14 @@ def _hours(at: datetime, since: datetime | None) -> float:
     return round((at - since).total_seconds() / 3600, 1) if since else 0.0
 
 
-def _figure(flow: str, measure: str, ledger: Any = None, erp: Any = None, omni: Any = None, *, must_agree: bool = False) -> dict[str, Any]:
+def _figure(
+    flow: str, measure: str, ledger: Any = None, erp: Any = None, omni: Any = None, *, must_agree: bool = False,
+    differing: bool = False,
+) -> dict[str, Any]:
+    """One row of counts; ``MISMATCH`` when sides that must agree differ in count, or ``differing`` documents
+    lie behind equal counts (one missing on each side)."""
     sides = [v for v in (ledger, erp, omni) if v is not None]
-    check = MISMATCH if must_agree and len(set(sides)) > 1 else ""
+    check = MISMATCH if differing or (must_agree and len(set(sides)) > 1) else ""
     return {"flow": flow, "measure": measure, "ledger": ledger, "erp": erp, "omni": omni, "check": check}
 
 
@@ -202,7 +207,6 @@ def _document_figures(
     if feeds is not None:
         in_erp = feeds.documents.get(doc_type, {})
         comparable = {n: d for n, d in in_ledger.items() if d.get("seq") is None or d["seq"] > feeds.from_seq}
-        figures.append(_figure(flow, f"{label} (ledger: recorded; ERP: in its feed)", len(comparable), len(in_erp), must_agree=True))
         for number in sorted(set(in_erp) - set(comparable)):
             differ(number, in_erp[number].get("order_code"), "in the ERP's feed, not in the ledger (the next feed read records it)")
         for number in sorted(set(comparable) - set(in_erp)):
@@ -211,17 +215,14 @@ def _document_figures(
             if comparable[number].get("order_code") != in_erp[number].get("order_code"):
                 differ(number, comparable[number].get("order_code"),
                        f"the ERP's feed names order {in_erp[number].get('order_code')!r}, the ledger {comparable[number].get('order_code')!r}")
+        figures.append(_figure(flow, f"{label} (ledger: recorded; ERP: in its feed)", len(comparable), len(in_erp),
+                               must_agree=True, differing=bool(differences)))
         cancelled = sum(1 for d in in_erp.values() if str(d.get("status") or "").upper() == "CANCELLED")
         if cancelled:
             figures.append(_figure(flow, f"{label} cancelled in the ERP (IRN cancelled)", None, cancelled))
     else:
         figures.append(_figure(flow, f"{label} recorded", len(in_ledger)))
-    omni_count = len(omni.documents.get(doc_type, set())) if omni is not None else None
-    figures.append(_figure(flow, f"{label} uploaded (ledger: marked uploaded; Omni: acknowledged / held)",
-                           len(uploaded), None, omni_count if omni is not None else len(acknowledged), must_agree=True))
-    if doc_type == DOC_CREDIT_NOTE:
-        figures.append(_figure(flow, "credit notes kept in the ERP (F3 after 24 h, F4 partial cancel)",
-                               sum(1 for d in ledger_docs if d["state"] == DOC_KEPT_IN_ERP)))
+    erp_differences = len(differences)
     for number in sorted(uploaded - acknowledged):
         differ(number, in_ledger[number].get("order_code"), "marked uploaded, but no 200 from Omni is recorded")
     for number in sorted(acknowledged - uploaded):
@@ -233,6 +234,12 @@ def _document_figures(
             differ(number, in_ledger[number].get("order_code"), "marked uploaded, but Omni does not hold it")
         for number in sorted(held - uploaded):
             differ(number, in_ledger.get(number, {}).get("order_code"), "Omni holds it, but the ledger has not marked it uploaded")
+    omni_count = len(omni.documents.get(doc_type, set())) if omni is not None else len(acknowledged)
+    figures.append(_figure(flow, f"{label} uploaded (ledger: marked uploaded; Omni: acknowledged / held)",
+                           len(uploaded), None, omni_count, must_agree=True, differing=len(differences) > erp_differences))
+    if doc_type == DOC_CREDIT_NOTE:
+        figures.append(_figure(flow, "credit notes kept in the ERP (F3 after 24 h, F4 partial cancel)",
+                               sum(1 for d in ledger_docs if d["state"] == DOC_KEPT_IN_ERP)))
     return figures, differences
 
 
@@ -377,14 +384,29 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> str:
+    """A cell as text; text a spreadsheet would run as a formula (ERP and Omni messages are not ours) gets a
+    leading ``'``, which spreadsheets show as text."""
+    text = _text(value)
+    if isinstance(value, str) and text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
 def csv_files(report: Reconciliation) -> dict[str, str]:
-    """One CSV per table (``figures.csv``, ``open_items.csv``, ...): header row, then one row per item."""
+    """One CSV per table (``figures.csv``, ``open_items.csv``, ...): header row, then one row per item.
+
+    Values are written whole (commas, quotes and line breaks quoted the CSV way); see ``_csv_cell`` for formulas.
+    """
     files = {}
     for name, _title, columns in TABLES:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([_text(row.get(c)) for c in columns] for row in getattr(report, name))
+        writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in getattr(report, name))
         files[f"{name}.csv"] = buffer.getvalue()
     return files
 
