@@ -5,7 +5,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet
 
-.PHONY: venv demo test test-fast chaos bench lint lock clean
+.PHONY: venv demo airflow test test-fast chaos bench lint lock clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -24,6 +24,11 @@ ERP ?= generic
 CREDIT_NOTES ?= erp
 demo: venv
 	$(VENV)/bin/python -m omni_erp.demo --erp $(ERP) --credit-notes $(CREDIT_NOTES)
+
+## airflow: Airflow standalone (AIRFLOW_HOME=var/airflow) with the sandboxes, connections, unpaused DAGs and a trickle
+## of sandbox orders; prints the UI URL and admin password; Ctrl-C stops everything it started
+airflow: venv
+	$(VENV)/bin/python -m omni_erp.devtools.standalone
 
 ## test: the whole suite (SQLite and a throwaway PostgreSQL cluster, real HTTP servers, dag.test())
 test: venv

@@ -27,7 +27,7 @@ ERPNEXT_KEY, ERPNEXT_SECRET = "erpnext-test-key", "erpnext-test-secret-9f8e7d"
 def airflow_test(conn_type: str, **fields: object) -> tuple[bool, str]:
     """What the API server's POST /connections/test does: the connection under a transient id, then
     ``Connection.test_connection()`` (hook looked up by conn_type in the ProvidersManager)."""
-    # The API server's own class, as its route uses it (the SDK's Connection has no test_connection).
+    # The API server's own class, as its route uses it.
     from airflow.models import Connection
 
     conn = Connection(  # noqa: AIR311
