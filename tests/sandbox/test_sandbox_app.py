@@ -120,13 +120,27 @@ def test_latency_does_not_block_the_server_so_concurrent_calls_overlap(sandbox: 
 
 def test_calls_beyond_max_concurrency_get_429_with_retry_after(sandbox: tuple[ServerHandle, Call]) -> None:
     handle, call = sandbox
-    _post(handle.url + "/_sandbox/config", {"latency_ms": 600, "max_concurrency": 4, "retry_after_s": 2})
+    # Four calls hold every slot (stalled after their work until released); the next ones find the server full.
+    _post(handle.url + "/_sandbox/config", {"max_concurrency": 4, "retry_after_s": 2, "stall_next": 4, "stall_s": 10})
+    held: list[requests.Response] = []
+    holders = [threading.Thread(target=lambda: held.append(call(requests.Session(), handle.url))) for _ in range(4)]
+    for thread in holders:
+        thread.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    while requests.get(handle.url + "/_sandbox/faults", timeout=TIMEOUT_S).json()["in_flight"] < 4:
+        assert time.monotonic() < deadline, "the four calls never filled the slots"
+        time.sleep(0.02)
 
-    responses, _ = _together(8, call, handle.url)
+    refused = [call(requests.Session(), handle.url) for _ in range(3)]
+    _post(handle.url + "/_sandbox/release", {})
+    for thread in holders:
+        thread.join()
+    after = call(requests.Session(), handle.url)
 
-    assert sorted(r.status_code for r in responses) == [200] * 4 + [429] * 4
-    assert all(r.headers["Retry-After"] == "2" for r in responses if r.status_code == 429)
-    assert _state(handle.url)["injected"] == {"429_busy": 4}
+    assert [r.status_code for r in refused] == [429] * 3
+    assert all(r.headers["Retry-After"] == "2" for r in refused)
+    assert [r.status_code for r in held] == [200] * 4 and after.status_code == 200
+    assert _state(handle.url)["injected"] == {"429_busy": 3, "stall": 4}
 
 
 def test_state_lists_config_and_counts_and_reset_keeps_knobs_unless_asked(sandbox: tuple[ServerHandle, Call]) -> None:
