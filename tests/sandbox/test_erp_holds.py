@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from omni_erp.sandbox.erp import ErpSandboxConfig, ErpState
 from tests.sandbox.test_erp_sandbox import CREDIT_NOTES, INVOICES, book, return_body
 
 
@@ -119,3 +122,53 @@ def test_reset_with_config_releases_every_hold(erp: Any) -> None:
     state = erp.state()
     assert (state["config"]["invoice_hold"], state["config"]["feed_hold"]) == ([], [])
     assert (state["held_invoices"], state["pending_documents"], state["sales_orders"]) == ([], 0, [])
+
+
+# --- the hold rules on ErpState itself, against a model of what they promise ------------------------------
+
+HOLD_CODES = [f"FN00000001{n:02d}" for n in range(6)]
+Step = tuple[str, Any]
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(
+    st.one_of(
+        st.tuples(st.just("book"), st.sampled_from(HOLD_CODES)),
+        st.tuples(st.just("hold"), st.sets(st.sampled_from(HOLD_CODES))),
+        st.tuples(st.just("tick"), st.none()),
+    ),
+    max_size=30,
+))
+def test_held_invoices_wait_and_the_others_are_invoiced_in_due_order(steps: list[Step]) -> None:
+    """With no delay, a tick invoices every waiting order not on the hold list, ordered by when it became due:
+    its booking, or for an order held at an earlier tick, the tick that found it released."""
+    config = [ErpSandboxConfig(invoice_delay_s=0)]
+    state = ErpState(lambda: config[0], supplier_gstin="29ABCDE1234F1Z5", buyer_gstin="27AABCR1718E1ZY", seed=0)
+    due: dict[str, int] = {}  # the model: order code -> step at which its invoice fell due
+    held: set[str] = set()
+    invoiced: list[str] = []
+    hold: set[str] = set()
+    for step, (action, arg) in enumerate(steps):
+        if action == "book" and arg not in due:
+            state.book_sales_order(f"create:{arg}", _order(arg), "http://erp.test")
+            due[arg] = step
+        elif action == "hold":
+            hold = set(arg)
+            config[0] = config[0].model_copy(update={"invoice_hold": sorted(hold)})
+        elif action == "tick":
+            time.sleep(0.001)  # due times come from the monotonic clock: keep the steps apart
+            state.tick()
+            waiting = [code for code in due if code not in invoiced]
+            due.update({code: step for code in held - hold})
+            held = {code for code in waiting if code in hold}
+            invoiced += sorted((code for code in waiting if code not in held), key=lambda code: due[code])
+            assert [i["orderCode"] for i in state.invoices.values()] == invoiced
+            assert state.documents()["held_invoices"] == sorted(held)
+            assert state.documents()["pending_documents"] == len(held)
+
+
+def _order(code: str) -> dict[str, Any]:
+    return {
+        "orderCode": code, "poNumber": "4042640641", "buyerCode": "AJIO-RRL",
+        "lines": [{"sku": "460491724004", "quantity": 1, "unitPrice": 1120}], "totalAmount": 1120,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import time
 from collections import Counter
@@ -66,6 +67,7 @@ class _Pending:
     due: float  # time.monotonic()
     kind: Literal["invoice", "credit_note"]
     ref: str    # salesOrderId, returnOrderId or creditNoteRequestId
+    order_code: str
     held: bool = False  # an invoice waiting while its order code is in ``invoice_hold``
 
 
@@ -116,7 +118,10 @@ class ErpState(SandboxState[ErpSandboxConfig]):
         self.credited: dict[str, Counter[str]] = {}           # invoiceNumber -> units credited per sku
         self.pdfs: dict[str, tuple[str, ...]] = {}            # file name -> lines printed on the PDF
         self.keys: dict[tuple[str, str], tuple[Any, str]] = {}  # (action, key) -> (request, resource id)
-        self.pending: list[_Pending] = []
+        self.pending: dict[int, _Pending] = {}        # ticket -> document waiting for the IRP
+        self.queue: list[tuple[float, int]] = []       # (due, ticket), a heap: a tick costs what falls due
+        self.waiting_invoices: dict[str, int] = {}     # orderCode -> ticket of its pending invoice
+        self.held: set[int] = set()                    # tickets of the invoices held by ``invoice_hold``
         self.counters: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
 
@@ -128,7 +133,7 @@ class ErpState(SandboxState[ErpSandboxConfig]):
             "credit_note_requests": [_public(req) for req in self.credit_requests.values()],
             "credit_notes": [_public(note) for note in self.credit_notes.values()],
             "pending_documents": len(self.pending),
-            "held_invoices": sorted(self.orders[p.ref]["orderCode"] for p in self.pending if p.held),
+            "held_invoices": sorted(self.pending[ticket].order_code for ticket in self.held),
             "duplicates": dict(self.duplicates),
         }
 
@@ -232,30 +237,44 @@ class ErpState(SandboxState[ErpSandboxConfig]):
             source["status"] = "GENERATED"
 
     def hold_invoices(self, now: float) -> None:
-        """Mark pending invoices of held orders; a released one is due ``invoice_delay_s`` after its release."""
-        held = set(self.config.invoice_hold)
-        for item in self.pending:
-            if item.kind != "invoice":
-                continue
-            if self.orders[item.ref]["orderCode"] in held:
-                item.held = True
-            elif item.held:
-                item.held, item.due = False, now + self.config.invoice_delay_s
+        """Hold the pending invoices of orders in ``invoice_hold``; a released one is due ``invoice_delay_s`` after
+        its release. Costs the length of the hold list, not the number of pending documents."""
+        codes = set(self.config.invoice_hold)
+        for code in codes:
+            ticket = self.waiting_invoices.get(code)
+            if ticket is not None:
+                self.pending[ticket].held = True
+                self.held.add(ticket)
+        for ticket in [t for t in self.held if self.pending[t].order_code not in codes]:
+            item = self.pending[ticket]
+            item.held, item.due = False, now + self.config.invoice_delay_s
+            self.held.discard(ticket)
+            heapq.heappush(self.queue, (item.due, ticket))
 
     def tick(self) -> None:
-        """Publish every document whose delay has passed (by the ticker thread and before each request)."""
+        """Publish every document whose delay has passed, in due order (by the ticker thread and before each
+        request)."""
         now = time.monotonic()
         self.hold_invoices(now)
-        due = sorted((p for p in self.pending if p.due <= now and not p.held), key=lambda p: p.due)
-        if not due:
-            return
-        published = {id(p) for p in due}
-        self.pending = [p for p in self.pending if id(p) not in published]
-        for item in due:
-            (self.generate_invoice if item.kind == "invoice" else self.generate_credit_note)(item.ref)
+        while self.queue and self.queue[0][0] <= now:
+            due, ticket = heapq.heappop(self.queue)
+            item = self.pending.get(ticket)
+            if item is None or item.held or item.due != due:
+                continue  # held after it was queued: queued again, with a new due time, when released
+            del self.pending[ticket]
+            if item.kind == "invoice":
+                del self.waiting_invoices[item.order_code]
+                self.generate_invoice(item.ref)
+            else:
+                self.generate_credit_note(item.ref)
 
-    def schedule(self, kind: Literal["invoice", "credit_note"], ref: str) -> None:
-        self.pending.append(_Pending(time.monotonic() + self.config.invoice_delay_s, kind, ref))
+    def schedule(self, kind: Literal["invoice", "credit_note"], ref: str, order_code: str) -> None:
+        self.counters["ticket"] += 1
+        ticket = self.counters["ticket"]
+        self.pending[ticket] = item = _Pending(time.monotonic() + self.config.invoice_delay_s, kind, ref, order_code)
+        heapq.heappush(self.queue, (item.due, ticket))
+        if kind == "invoice":
+            self.waiting_invoices[order_code] = ticket
 
     # --- views and checks ----------------------------------------------------------------------
 
@@ -323,7 +342,7 @@ class ErpState(SandboxState[ErpSandboxConfig]):
         }
         self.order_ids[order.order_code] = sales_order_id
         self.keys[("sales_order", key)] = (body, sales_order_id)
-        self.schedule("invoice", sales_order_id)
+        self.schedule("invoice", sales_order_id, order.order_code)
         return self.order_view(sales_order_id), True
 
     def cancel_sales_order(self, sales_order_id: str, key: str) -> dict[str, Any]:
@@ -406,7 +425,7 @@ class ErpState(SandboxState[ErpSandboxConfig]):
         self.return_ids[ret.return_order_code] = return_order_id
         self.keys[("return_order", key)] = (body, return_order_id)
         if ret.raise_credit_note is not False:  # false: the RMS credit-note path (issue 12), no e-credit note
-            self.schedule("credit_note", return_order_id)
+            self.schedule("credit_note", return_order_id, ret.order_code)
         return self.return_view(return_order_id), True
 
     def request_credit_note(self, key: str, body: Any, base_url: str) -> tuple[dict[str, Any], bool]:
@@ -436,7 +455,7 @@ class ErpState(SandboxState[ErpSandboxConfig]):
             "_base_url": base_url,
         }
         self.keys[("credit_note_request", key)] = (body, request_id)
-        self.schedule("credit_note", request_id)
+        self.schedule("credit_note", request_id, body["orderCode"])
         return self.credit_request_view(request_id), True
 
     def feed(self, documents: Iterable[dict[str, Any]], since: int, limit: int) -> dict[str, Any]:
