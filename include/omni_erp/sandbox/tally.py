@@ -24,6 +24,7 @@ State lives in :class:`TallyState`; the HTTP surface is :func:`tally_router`; ``
 
 from __future__ import annotations
 
+import heapq
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -111,6 +112,8 @@ class TallyState(SandboxState[TallySandboxConfig]):
 
     def clear(self) -> None:
         self.vouchers: dict[int, Voucher] = {}
+        self.numbers: dict[tuple[str, str], int] = {}  # (voucher type, number) -> master id of the first such voucher
+        self.waiting: list[tuple[float, int]] = []     # (due, master id): a heap, so a tick costs what falls due
         self.counters: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
         self.pdfs: dict[str, tuple[str, ...]] = {}
@@ -135,16 +138,24 @@ class TallyState(SandboxState[TallySandboxConfig]):
         return self.counters[name]
 
     def find(self, vch_type: str, number: str) -> Voucher | None:
-        return next((v for v in self.vouchers.values() if v.vch_type == vch_type and v.number == number), None)
+        master_id = self.numbers.get((vch_type, number))
+        return None if master_id is None else self.vouchers[master_id]
+
+    def _add(self, voucher: Voucher) -> None:
+        self.vouchers[voucher.master_id] = voucher
+        self.numbers.setdefault((voucher.vch_type, voucher.number), voucher.master_id)
+        if voucher.due is not None:
+            heapq.heappush(self.waiting, (voucher.due, voucher.master_id))
 
     # --- the office and the IRP ------------------------------------------------------------
 
     def tick(self) -> None:
         """Raise the Sales vouchers and register the credit notes whose time has come."""
         now = time.monotonic()
-        for voucher in sorted(self.vouchers.values(), key=lambda v: v.master_id):
-            if voucher.due is None or voucher.due > now:
-                continue
+        due = []
+        while self.waiting and self.waiting[0][0] <= now:
+            due.append(self.vouchers[heapq.heappop(self.waiting)[1]])
+        for voucher in sorted(due, key=lambda v: v.master_id):
             voucher.due = None
             if voucher.cancelled:
                 continue
@@ -162,7 +173,7 @@ class TallyState(SandboxState[TallySandboxConfig]):
             total=order.total, reference=order.reference, order_no=order.number,
         )
         self._register(invoice, "INV")
-        self.vouchers[invoice.master_id] = invoice
+        self._add(invoice)
 
     def _register(self, voucher: Voucher, doc_type: str) -> None:
         at = self.clock()
@@ -230,7 +241,7 @@ class TallyState(SandboxState[TallySandboxConfig]):
             self._check_credit(voucher)
         if vch_type in (SALES_ORDER, CREDIT_NOTE):
             voucher.due = time.monotonic() + self.config.invoice_delay_s
-        self.vouchers[voucher.master_id] = voucher
+        self._add(voucher)
         return voucher
 
     def _check_credit(self, note: Voucher) -> None:
