@@ -577,6 +577,29 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
                 )
             )
 
+    def record_calls(self, calls: list[dict[str, Any]]) -> int:
+        """Record many HTTP attempts (the keyword arguments of ``record_call`` each) in one transaction.
+
+        The operators' pools buffer their attempts and write them a page at a time (``LedgerOperator``):
+        ``outbound_call`` is the audit of what was sent, so batching it is safe - exactly-once rests on the
+        idempotency keys and each item's own state change, not on these rows. Returns how many were written.
+        """
+        if not calls:
+            return 0
+        ts = now()
+        rows = [
+            {
+                "system": c["system"], "operation": c["operation"], "endpoint": c["endpoint"],
+                "idempotency_key": c.get("idempotency_key"), "attempt": c["attempt"], "status_code": c.get("status_code"),
+                "latency_ms": c["latency_ms"], "outcome": c["outcome"], "error": (c.get("error") or None) and c["error"][:2000],
+                "batch_id": c.get("batch_id"), "created_at": c.get("created_at") or ts,
+            }
+            for c in calls
+        ]
+        with self._write() as conn:
+            conn.execute(insert(t.outbound_call), rows)
+        return len(rows)
+
     def record_dead_letter(
         self,
         *,
