@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ DEFAULT_LEASE_MINUTES = 5.0
 # AdaptiveLimiter backs off below it when the ERP answers 429.
 DEFAULT_MAX_IN_FLIGHT = 8
 MAX_IN_FLIGHT_RANGE = (1, 64)
+# While process_each runs, HTTP attempts are written to outbound_call this many at a time, or after
+# this long, whichever comes first (one INSERT per page instead of one transaction per attempt).
+ATTEMPT_PAGE_ROWS = 64
+ATTEMPT_PAGE_S = 1.0
 
 
 # Outcomes process_each gives items itself, and the outcomes that make a run red.
@@ -165,6 +170,9 @@ class LedgerOperator(BaseOperator):
         self.lease_minutes = lease_minutes
         self._lease_renewed_at: datetime | None = None
         self._lease_lock = threading.Lock()
+        self._attempt_page: list[dict[str, Any]] | None = None  # attempts not written yet, while process_each runs
+        self._attempt_lock = threading.Lock()
+        self._attempt_page_started = 0.0
 
     @property
     def lease(self) -> timedelta:
@@ -218,21 +226,45 @@ class LedgerOperator(BaseOperator):
         return ledger
 
     def record_attempt(self, attempt: Attempt) -> None:
-        """Observer handed to hooks: every HTTP attempt lands in ``outbound_call`` (no bodies, no secrets)."""
-        self.ledger.record_call(
-            system=attempt.system,
-            operation=attempt.operation,
-            endpoint=attempt.endpoint.split("?")[0],
-            attempt=attempt.attempt,
-            status_code=attempt.status_code,
-            latency_ms=attempt.latency_ms,
-            outcome=attempt.outcome,
-            idempotency_key=attempt.idempotency_key,
-            error=attempt.error,
-            batch_id=self.batch_id,
-        )
+        """Observer handed to hooks: every HTTP attempt lands in ``outbound_call`` (no bodies, no secrets).
+
+        While ``process_each`` runs, attempts are written a page at a time (``ATTEMPT_PAGE_ROWS`` or
+        ``ATTEMPT_PAGE_S``; ``Ledger.record_calls``) - the audit of calls, not a state change: a task killed
+        mid-page loses at most that page's rows, never a booking (idempotency keys and each item's own
+        transaction carry exactly-once). Outside it, each attempt is written at once.
+        """
+        row = {
+            "system": attempt.system,
+            "operation": attempt.operation,
+            "endpoint": attempt.endpoint.split("?")[0],
+            "attempt": attempt.attempt,
+            "status_code": attempt.status_code,
+            "latency_ms": attempt.latency_ms,
+            "outcome": attempt.outcome,
+            "idempotency_key": attempt.idempotency_key,
+            "error": attempt.error,
+            "batch_id": self.batch_id,
+        }
+        with self._attempt_lock:
+            page = self._attempt_page
+            if page is not None:
+                page.append({**row, "created_at": now()})
+                due = len(page) >= ATTEMPT_PAGE_ROWS or time.monotonic() - self._attempt_page_started >= ATTEMPT_PAGE_S
+        if page is None:
+            self.ledger.record_call(**row)
+        elif due:
+            self.flush_attempts()
         # One call can outlast the lease (retries and backoff): renew between its attempts too.
         self.renew_lease()
+
+    def flush_attempts(self) -> None:
+        """Write the attempts buffered so far (one transaction)."""
+        with self._attempt_lock:
+            if not self._attempt_page:
+                return
+            rows, self._attempt_page = self._attempt_page, []
+            self._attempt_page_started = time.monotonic()
+        self.ledger.record_calls(rows)
 
     def defer_posting(self, posting: ClaimedPosting, reason: str) -> None:
         """``process_each``'s ``defer`` for postings: back to the queue with the reason, if this batch still holds it."""
@@ -314,11 +346,18 @@ class LedgerOperator(BaseOperator):
             )
 
         workers = self.in_flight_limit()
-        if workers <= 1:
-            for item in items:
-                one(item)
-        else:
-            self._run_pool(items, one, workers, tally.stop)
+        with self._attempt_lock:
+            self._attempt_page, self._attempt_page_started = [], time.monotonic()
+        try:
+            if workers <= 1:
+                for item in items:
+                    one(item)
+            else:
+                self._run_pool(items, one, workers, tally.stop)
+        except BaseException:
+            self._write_last_attempts(failing=True)
+            raise
+        self._write_last_attempts(failing=False)
         outcomes = tally.outcomes
         summary = {"batch_id": self.batch_id, **{k: outcomes[k] for k in sorted(outcomes)}}
         self.log.info("%s: %s", self.task_id, summary)
@@ -337,6 +376,22 @@ class LedgerOperator(BaseOperator):
                 f"(see dead_letter). Summary: {summary}"
             )
         return summary
+
+    def _write_last_attempts(self, *, failing: bool) -> None:
+        """End of ``process_each``: write the buffered attempts and go back to writing each at once.
+
+        When the task is failing already, a ledger that cannot take them is logged, not raised, so the
+        first error stays the one reported.
+        """
+        try:
+            self.flush_attempts()
+        except Exception as exc:
+            if not failing:
+                raise
+            self.log.warning("Could not record the last HTTP attempts of this task: %s", _error_text(exc))
+        finally:
+            with self._attempt_lock:
+                self._attempt_page = None
 
     def _run_pool(self, items: Iterable[Item], one: Callable[[Item], None], workers: int, stop: threading.Event) -> None:
         """Run ``one`` over ``items`` on ``workers`` threads, reading ``items`` at most ``2 * workers`` ahead.
