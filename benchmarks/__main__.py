@@ -1,25 +1,35 @@
-"""``make bench``: DAG parse time, inbox ingest rate (SQLite and PostgreSQL) and F1 booking throughput.
+"""``make bench``: every benchmark's targets in one table and in ``bench/results.json``; exit 1 if one fails.
 
-Everything is measured in one run on this machine, against real servers on 127.0.0.1; compare the
-figures with each other (ratios), not with another machine's.
+Each benchmark module has ``targets() -> list[dict]`` returning ``{"name", "measured", "target", "pass",
+"unit"}`` rows, measured on this machine in this run against real servers on 127.0.0.1 (compare the
+figures with each other - ratios - not with another machine's):
+
+- ``parse``: DAG parse time per file (here);
+- ``flows``: F1/F2 throughput against capped sandboxes, the naive baselines, F1's peak memory (flows.py);
+- ``inbox``: the inbox under ``wrk`` against a bare endpoint, SQLite and PostgreSQL (inbox.py);
+- ``latency``: posting -> ERP and e-invoice -> Omni with a real scheduler (latency.py).
+
+``--only flows,inbox`` runs some of them; ``bench/results.json`` keeps the rows of the modules that did
+not run, so the file always holds the latest figure of every target.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
-
-from omni_erp.sandbox.serve import free_port
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results.json"
 WORK = Path(tempfile.mkdtemp(prefix="omni_erp_bench_"))
 os.environ.update(
     {
@@ -30,146 +40,115 @@ os.environ.update(
         "NO_PROXY": "127.0.0.1,localhost",
     }
 )
-API_KEY = "bench-key"
+MODULES = ("parse", "flows", "inbox", "latency")
+PARSE_TARGET_MS = 100
 
 
-
-def _wait_http(url: str, timeout_s: float = 30) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def bench_parse(rounds: int = 5) -> dict:
-    """Median DagBag parse time per DAG file (what the dag-processor pays every cycle)."""
+def parse_targets(rounds: int = 5) -> list[dict[str, Any]]:
+    """Median DagBag parse time per DAG file (what the dag-processor pays every cycle), < 100 ms each."""
     from airflow.dag_processing.dagbag import DagBag
 
     per_file: dict[str, list[float]] = {}
+    folder: list[float] = []
     for _ in range(rounds):
-        for stat in DagBag(dag_folder=str(REPO / "dags")).dagbag_stats:
+        stats = DagBag(dag_folder=str(REPO / "dags")).dagbag_stats
+        folder.append(sum(stat.duration.total_seconds() * 1000 for stat in stats))
+        for stat in stats:
             per_file.setdefault(Path(stat.file).name, []).append(stat.duration.total_seconds() * 1000)
-    return {name: round(statistics.median(ms), 1) for name, ms in sorted(per_file.items())}
+    rows = [
+        {"name": f"parse {name}", "measured": round(statistics.median(ms), 1), "target": f"< {PARSE_TARGET_MS}",
+         "pass": statistics.median(ms) < PARSE_TARGET_MS, "unit": "ms"}
+        for name, ms in sorted(per_file.items())
+    ]
+    rows.append({"name": "parse: whole dags folder", "measured": round(statistics.median(folder), 1),
+                 "target": "report", "pass": True, "unit": "ms"})
+    return rows
 
 
-def bench_inbox(ledger_url: str, postings: int, clients: int) -> dict:
-    """Postings per second through a standalone inbox process, each answered only after it is stored."""
-    import requests
-
-    from omni_erp.sandbox.pusher import generate_orders
-
-    port = free_port()
-    env = {**os.environ, "BENCH_INBOX_KEY": API_KEY}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omni_erp.inbox", "--port", str(port), "--ledger-url", ledger_url,
-         "--api-key-env", "BENCH_INBOX_KEY", "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+def run_module(name: str) -> list[dict[str, Any]]:
+    """The targets of one benchmark module; a module that crashes fails one target saying why."""
+    started = time.monotonic()
     try:
-        url = f"http://127.0.0.1:{port}/omni"
-        _wait_http(f"{url}/health")
-        batch = generate_orders(postings, seed=1)
-        chunks = [batch[i::clients] for i in range(clients)]
-
-        def send(chunk: list[dict]) -> list[float]:
-            latencies = []
-            with requests.Session() as session:
-                session.headers["X-Api-Key"] = API_KEY
-                for posting in chunk:
-                    started = time.perf_counter()
-                    response = session.post(f"{url}/postings", json=posting, timeout=45)
-                    latencies.append(time.perf_counter() - started)
-                    assert response.status_code == 200, response.text
-            return latencies
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            latencies = sorted(x for chunk in pool.map(send, chunks) for x in chunk)
-        elapsed = time.perf_counter() - started
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    return {
-        "postings": postings,
-        "clients": clients,
-        "postings_per_s": round(postings / elapsed, 1),
-        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
-        "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 1),
-    }
+        if name == "parse":
+            rows = parse_targets()
+        else:
+            rows = importlib.import_module(f"benchmarks.{name}").targets()
+    except Exception as exc:  # a broken benchmark is a failed target, not a missing one
+        rows = [{"name": f"{name}: benchmark crashed", "measured": None, "target": "runs", "pass": False, "unit": "",
+                 "detail": f"{type(exc).__name__}: {exc}"[:500]}]
+    took = round(time.monotonic() - started, 1)
+    return [{**row, "module": name, "bench_s": took} for row in rows]
 
 
-def bench_f1(orders: int, erp_latency_ms: int) -> dict:
-    """Orders per second through claim -> map -> create (one worker) against an ERP answering in erp_latency_ms."""
-    import requests
-
-    from omni_erp.ledger import Ledger
-    from omni_erp.operators.inbox import OmniInboxClaimOperator
-    from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
-    from omni_erp.sandbox.pusher import generate_orders
-
-    erp_port, omni_port = free_port(), free_port()
-    ready = WORK / f"sandbox-{erp_port}.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omni_erp.sandbox", "--erp-port", str(erp_port), "--omni-port", str(omni_port),
-         "--erp-token", "bench-token", "--invoice-delay-s", "3600", "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        erp_url = f"http://127.0.0.1:{erp_port}"
-        requests.post(f"{erp_url}/_sandbox/config", json={"latency_ms": erp_latency_ms}, timeout=5).raise_for_status()
-        os.environ["AIRFLOW_CONN_ERP_DEFAULT"] = json.dumps({"conn_type": "http", "host": erp_url, "password": "bench-token"})
-        os.environ["OMNI_ERP_LEDGER_PATH"] = str(WORK / f"f1-{erp_latency_ms}.sqlite")
-        ledger = Ledger.from_conn_id()
-        for posting in generate_orders(orders, seed=2, partially_cancelled_rate=0.2):
-            ledger.record_posting(message_id=str(posting["messageId"]), event_type=posting["eventType"],
-                                  business_key=posting["orderCode"], order_code=posting["orderCode"], payload=posting)
-        batch = {"batch_id": f"bench/{erp_latency_ms}"}
-        started = time.perf_counter()
-        OmniInboxClaimOperator(task_id="claim", event_types=["OUTWARD_ORDER_CREATE"], limit=orders, **batch).execute({})
-        mapped_at = time.perf_counter()
-        ErpSalesOrderMapOperator(task_id="map", **batch).execute({})
-        summary = ErpSalesOrderCreateOperator(task_id="create", **batch).execute({})
-        elapsed = time.perf_counter() - started
-        booked = len(requests.get(f"{erp_url}/_sandbox/state", timeout=10).json()["sales_orders"])
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    assert booked == summary.get("booked", 0) == orders, (booked, summary)
-    return {
-        "orders": orders,
-        "erp_latency_ms": erp_latency_ms,
-        "orders_per_s": round(orders / elapsed, 1),
-        "claim_ms": round((mapped_at - started) * 1000, 1),
-        "ms_per_order_over_erp_latency": round(elapsed * 1000 / orders - erp_latency_ms, 1),
-    }
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_kb = 0
+    try:
+        memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                             if line.startswith("MemTotal")))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(memory_kb / 1024 / 1024, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_results(rows: list[dict[str, Any]], ran: list[str], path: Path = RESULTS) -> dict[str, Any]:
+    """``bench/results.json``: this run's rows, plus the earlier rows of modules that did not run now."""
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            kept = [r for r in json.loads(path.read_text()).get("targets", []) if r.get("module") not in ran]
+        except (ValueError, AttributeError):
+            kept = []
+    document = {"machine": machine(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "modules_run": ran, "targets": kept + rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The targets as a fixed-width table."""
+    header = ("target", "measured", "unit", "goal", "")
+    lines = [
+        (r["name"], "-" if r["measured"] is None else f"{r['measured']:g}" if isinstance(r["measured"], float) else str(r["measured"]),
+         r.get("unit", ""), r["target"], "PASS" if r["pass"] else "FAIL")
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--postings", type=int, default=1000)
-    parser.add_argument("--orders", type=int, default=300)
+    parser.add_argument("--only", default=",".join(MODULES),
+                        help=f"comma-separated benchmarks to run (default all: {','.join(MODULES)})")
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(MODULES))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
     sys.path.insert(0, str(REPO))
-    from omni_erp.ledger.engine import sqlite_url
-    from tests.pg import PostgresCluster
-
-    results: dict = {"dag_parse_ms_median": bench_parse()}
-    results["inbox_sqlite"] = bench_inbox(sqlite_url(WORK / "inbox.sqlite"), args.postings, clients=8)
-    with PostgresCluster() as pg:
-        results["inbox_postgres"] = bench_inbox(pg.url, args.postings, clients=8)
-    results["f1_erp_0ms"] = bench_f1(args.orders, erp_latency_ms=0)
-    results["f1_erp_50ms"] = bench_f1(args.orders, erp_latency_ms=50)
-    print(json.dumps(results, indent=2))
+    rows: list[dict[str, Any]] = []
+    for name in chosen:
+        print(f"== {name} ...", flush=True)
+        rows += run_module(name)
+    document = write_results(rows, chosen)
+    print(table(document["targets"]))
+    print(f"\n{RESULTS.relative_to(REPO)} written ({', '.join(chosen)} run now)")
+    failed = [r["name"] for r in rows if not r["pass"]]
+    if failed:
+        print(f"{len(failed)} target(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,398 @@
+"""Flow throughput against sandboxes with a fixed service time and a concurrency cap (issue 8 item 4).
+
+- **F1**: 20,000 postings claimed, mapped and booked against the ERP sandbox answering in L = 50 ms with at
+  most C = 16 requests in flight (429 above that), ``max_in_flight`` 32: orders/s over the whole flow as a
+  share of C / L = 320 orders/s (target >= 85 %), and the share of ERP calls answered 429 (< 1 %).
+- **F2**: the e-invoices of those orders uploaded to the Omni sandbox under the same L and C.
+- **Baselines**: the same booking as a plain loop of one blocking request per order (F1 >= 12x), and as
+  one mapped ``HttpOperator`` task per order run with ``dag.test()`` (a few hundred orders; F1 >= 100x).
+- **Memory**: peak RSS of each F1 task process (claim, map, create, each in a subprocess as Airflow runs
+  it) over 100,000 pending postings (< 300 MB).
+
+Everything runs on this machine in one go: the sandboxes in a subprocess, the ledger an SQLite file.
+``targets()`` returns the figures in the shared results format (benchmarks/__main__.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CAP = 16  # C: requests the sandboxes serve at once (429 above)
+LATENCY_MS = 50  # L: their fixed service time
+CEILING = CAP / (LATENCY_MS / 1000)  # C / L = 320 orders/s
+MAX_IN_FLIGHT = 32  # above C on purpose: the adaptive limiter must find C by itself
+ERP_TOKEN = "bench-token"
+OMNI_USER, OMNI_PASSWORD = "bench-user", "bench-pass"
+EVENT_CREATE = "OUTWARD_ORDER_CREATE"
+
+
+class Sandboxes:
+    """``python -m omni_erp.sandbox`` in a subprocess (its own GIL, like a real remote system)."""
+
+    def __init__(self, work: Path, *, invoice_delay_s: float = 3600) -> None:
+        from omni_erp.sandbox.serve import free_port
+
+        self.work = work
+        self.erp_url = self.omni_url = ""
+        ready = work / f"sandbox-{free_port()}.json"
+        self._ready = ready
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "omni_erp.sandbox", "--erp-port", "0", "--omni-port", "0",
+             "--erp-token", ERP_TOKEN, "--omni-user", OMNI_USER, "--omni-password", OMNI_PASSWORD,
+             "--invoice-delay-s", str(invoice_delay_s), "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def __enter__(self) -> Sandboxes:
+        deadline = time.monotonic() + 60
+        while not self._ready.exists():
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                self.__exit__()
+                raise RuntimeError("the sandboxes did not start")
+            time.sleep(0.05)
+        urls = json.loads(self._ready.read_text())
+        self.erp_url, self.omni_url = urls["erp_url"], urls["omni_url"]
+        os.environ["AIRFLOW_CONN_ERP_DEFAULT"] = json.dumps({"conn_type": "http", "host": self.erp_url, "password": ERP_TOKEN})
+        os.environ["AIRFLOW_CONN_OMNI_DEFAULT"] = json.dumps(
+            {"conn_type": "http", "host": self.omni_url, "login": OMNI_USER, "password": OMNI_PASSWORD}
+        )
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+
+    def configure(self, url: str, **knobs: Any) -> None:
+        import requests
+
+        requests.post(f"{url}/_sandbox/config", json=knobs, timeout=10).raise_for_status()
+
+    def faults(self, url: str) -> dict[str, Any]:
+        import requests
+
+        return requests.get(f"{url}/_sandbox/faults", timeout=30).json()
+
+    def state(self, url: str) -> dict[str, Any]:
+        import requests
+
+        return requests.get(f"{url}/_sandbox/state", timeout=120).json()
+
+
+def _calls(faults: dict[str, Any], endpoint: str) -> tuple[int, int]:
+    """(calls of ``endpoint``, calls answered 429 because of the cap) from ``/_sandbox/faults``."""
+    return faults["request_counts"].get(endpoint, 0), faults["injected"].get("429_busy", 0)
+
+
+def seed_postings(ledger: Any, count: int, *, seed: int = 2, chunk: int = 2000) -> None:
+    """Store ``count`` CREATE postings as the inbox would (record_posting), ``chunk`` per transaction."""
+    from omni_erp.sandbox.pusher import generate_orders
+
+    first = 900001
+    while count > 0:
+        n = min(chunk, count)
+        postings = generate_orders(n, seed=seed + first, first_message_id=first, partially_cancelled_rate=0.2)
+        for posting in postings:  # order codes must be unique across chunks
+            posting["orderCode"] = f"FB{int(posting['messageId']):010d}"
+        with ledger.transaction():
+            for posting in postings:
+                ledger.record_posting(
+                    message_id=str(posting["messageId"]), event_type=posting["eventType"],
+                    business_key=posting["orderCode"], order_code=posting["orderCode"], payload=posting,
+                )
+        first += n
+        count -= n
+
+
+def environment(work: Path) -> None:
+    """Airflow's and the package's settings for in-process operator runs (unless the caller set them)."""
+    defaults = {
+        "AIRFLOW_HOME": str(work / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+def _ledger(path: Path) -> Any:
+    from omni_erp.ledger import Ledger
+
+    os.environ["OMNI_ERP_LEDGER_PATH"] = str(path)
+    return Ledger.from_conn_id()
+
+
+def run_f1_tasks(batch_id: str, *, limit: int, max_in_flight: int) -> dict[str, float]:
+    """claim -> map -> create of one batch in this process; seconds per task and the create summary."""
+    from omni_erp.operators.inbox import OmniInboxClaimOperator
+    from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+
+    started = time.perf_counter()
+    OmniInboxClaimOperator(task_id="claim", event_types=[EVENT_CREATE], limit=limit, batch_id=batch_id).execute({})
+    claimed = time.perf_counter()
+    ErpSalesOrderMapOperator(task_id="map", batch_id=batch_id).execute({})
+    mapped = time.perf_counter()
+    summary = ErpSalesOrderCreateOperator(task_id="create", batch_id=batch_id, max_in_flight=max_in_flight).execute({})
+    done = time.perf_counter()
+    return {
+        "claim_s": claimed - started, "map_s": mapped - claimed, "create_s": done - mapped, "total_s": done - started,
+        "booked": summary.get("booked", 0),
+    }
+
+
+def bench_f1(work: Path, orders: int, *, max_in_flight: int = MAX_IN_FLIGHT) -> dict[str, Any]:
+    """F1 over ``orders`` postings against the capped ERP; leaves the sandboxes e-invoicing for bench_f2."""
+    with Sandboxes(work, invoice_delay_s=0) as boxes:
+        # The sandbox e-invoices each order at once; hold that until F1 is done, so F1 is measured alone.
+        boxes.configure(boxes.erp_url, latency_ms=LATENCY_MS, max_concurrency=CAP)
+        ledger = _ledger(work / "f1.sqlite")
+        seed_postings(ledger, orders)
+        timings = run_f1_tasks("bench/f1", limit=orders, max_in_flight=max_in_flight)
+        calls, throttled = _calls(boxes.faults(boxes.erp_url), "POST /api/v1/sales-orders")
+        booked_in_erp = len(boxes.state(boxes.erp_url)["sales_orders"])
+        f2 = bench_f2(boxes, ledger, orders, max_in_flight=max_in_flight)
+    assert timings["booked"] == booked_in_erp == orders, (timings, booked_in_erp)
+    rate = orders / timings["total_s"]
+    return {
+        "orders": orders,
+        "max_in_flight": max_in_flight,
+        "orders_per_s": round(rate, 1),
+        "booking_orders_per_s": round(orders / timings["create_s"], 1),
+        "share_of_c_over_l": round(rate / CEILING, 3),
+        "erp_calls": calls,
+        "erp_429": throttled,
+        "share_429": round(throttled / calls, 4) if calls else 0.0,
+        **{k: round(v, 2) for k, v in timings.items() if k.endswith("_s")},
+        "f2": f2,
+    }
+
+
+def bench_f2(boxes: Sandboxes, ledger: Any, orders: int, *, max_in_flight: int) -> dict[str, Any]:
+    """Read the booked orders' e-invoices into the ledger, then time their upload to the capped Omni."""
+    from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator, OmniInvoiceUploadOperator
+    from omni_erp.states import DOC_INVOICE, DOC_READY
+
+    boxes.configure(boxes.erp_url, latency_ms=0, max_concurrency=None)
+    deadline = time.monotonic() + 120
+    while len(ledger.documents(DOC_INVOICE, states=[DOC_READY])) < orders and time.monotonic() < deadline:
+        ErpEInvoiceFetchOperator(task_id="fetch", batch_id="bench/f2").execute({})
+    ready = len(ledger.documents(DOC_INVOICE, states=[DOC_READY]))
+    boxes.configure(boxes.omni_url, latency_ms=LATENCY_MS, max_concurrency=CAP)
+    started = time.perf_counter()
+    summary = OmniInvoiceUploadOperator(task_id="upload", batch_id="bench/f2", max_in_flight=max_in_flight).execute({})
+    elapsed = time.perf_counter() - started
+    calls, throttled = _calls(boxes.faults(boxes.omni_url), "POST /ajio-vms/b2bInvoice/posting")
+    uploaded = summary.get("uploaded", 0)
+    assert uploaded == ready, (summary, ready)
+    rate = uploaded / elapsed
+    return {
+        "invoices": uploaded,
+        "uploads_per_s": round(rate, 1),
+        "share_of_c_over_l": round(rate / CEILING, 3),
+        "omni_calls": calls,
+        "omni_429": throttled,
+        "share_429": round(throttled / calls, 4) if calls else 0.0,
+        "upload_s": round(elapsed, 2),
+    }
+
+
+def bench_plain_loop(work: Path, orders: int) -> dict[str, Any]:
+    """The naive client: one blocking request per order, one after the other, same ERP (L and C)."""
+    import requests
+
+    from omni_erp.models.erp import DocumentLine, SalesOrderRequest
+
+    with Sandboxes(work) as boxes:
+        boxes.configure(boxes.erp_url, latency_ms=LATENCY_MS, max_concurrency=CAP)
+        started = time.perf_counter()
+        for i in range(orders):
+            code = f"FP{i:010d}"
+            body = SalesOrderRequest(
+                orderCode=code, poNumber="4042640641", buyerCode="AJIO-RRL",
+                lines=[DocumentLine(lineCode=f"{code}-1", sku="460491724004", quantity=1, unitPrice="100.00")],
+                totalAmount="100.00",
+            ).to_json_dict()
+            response = requests.post(
+                f"{boxes.erp_url}/api/v1/sales-orders", json=body, timeout=30,
+                headers={"Authorization": f"Bearer {ERP_TOKEN}", "Idempotency-Key": f"create:{code}"},
+            )
+            response.raise_for_status()
+        elapsed = time.perf_counter() - started
+    return {"orders": orders, "orders_per_s": round(orders / elapsed, 2)}
+
+
+def bench_mapped_http_operator(work: Path, orders: int) -> dict[str, Any]:
+    """The Airflow-naive design: one mapped ``HttpOperator`` task per order, run with ``dag.test()``."""
+    with Sandboxes(work) as boxes:
+        boxes.configure(boxes.erp_url, latency_ms=LATENCY_MS, max_concurrency=CAP)
+        env = {**os.environ, "AIRFLOW_CONN_ERP_BENCH": json.dumps(
+            {"conn_type": "http", "host": boxes.erp_url, "password": ERP_TOKEN})}
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.flows", "--mapped-http-operator", str(orders)],
+            cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        elapsed = time.perf_counter() - started
+        booked = len(boxes.state(boxes.erp_url)["sales_orders"])
+    assert booked == orders, (booked, orders)
+    return {"orders": orders, "orders_per_s": round(orders / elapsed, 2), "wall_s": round(elapsed, 1)}
+
+
+def _run_mapped_http_operator(orders: int) -> None:
+    """Child process of ``bench_mapped_http_operator``: build the DAG and ``dag.test()`` it."""
+    import pendulum
+    from airflow.providers.http.operators.http import HttpOperator
+    from airflow.sdk import DAG
+
+    bodies = [
+        json.dumps({"orderCode": f"FM{i:010d}", "poNumber": "4042640641", "buyerCode": "AJIO-RRL",
+                    "lines": [{"lineCode": f"FM{i:010d}-1", "sku": "460491724004", "quantity": 1, "unitPrice": "100.00"}],
+                    "totalAmount": "100.00"})
+        for i in range(orders)
+    ]
+    with DAG("bench_mapped_http_operator", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False) as dag:
+        HttpOperator.partial(
+            task_id="create_sales_order", http_conn_id="erp_bench", endpoint="/api/v1/sales-orders", method="POST",
+            headers={"Authorization": f"Bearer {ERP_TOKEN}", "Content-Type": "application/json"},
+            retries=3, retry_delay=0,
+        ).expand(data=bodies)
+    run = dag.test()
+    if run.state != "success":
+        raise SystemExit(f"mapped HttpOperator run ended {run.state}")
+
+
+def bench_memory(work: Path, postings: int, *, max_in_flight: int = MAX_IN_FLIGHT) -> dict[str, Any]:
+    """Peak RSS of each F1 task process over ``postings`` pending postings (each task a subprocess, as in Airflow)."""
+    with Sandboxes(work) as boxes:
+        ledger = _ledger(work / "memory.sqlite")
+        seed_postings(ledger, postings, seed=7)
+        peaks: dict[str, float] = {}
+        started = time.perf_counter()
+        for task in ("claim", "map", "create"):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.flows", "--task", task, "--batch", "bench/memory",
+                 "--limit", str(postings), "--max-in-flight", str(max_in_flight)],
+                cwd=REPO, env=dict(os.environ),
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise RuntimeError(f"F1 task {task} failed with exit code {proc.returncode}")
+            peaks[task] = usage.ru_maxrss / 1024  # KiB on Linux
+        elapsed = time.perf_counter() - started
+        booked = len(boxes.state(boxes.erp_url)["sales_orders"])
+    assert booked == postings, (booked, postings)
+    return {"postings": postings, "peak_rss_mb": {k: round(v, 1) for k, v in peaks.items()}, "wall_s": round(elapsed, 1)}
+
+
+def _run_task(task: str, batch_id: str, limit: int, max_in_flight: int) -> None:
+    """Child process of ``bench_memory``: one F1 task, as a worker would run it."""
+    from omni_erp.operators.inbox import OmniInboxClaimOperator
+    from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+
+    if task == "claim":
+        OmniInboxClaimOperator(task_id="claim", event_types=[EVENT_CREATE], limit=limit, batch_id=batch_id).execute({})
+    elif task == "map":
+        ErpSalesOrderMapOperator(task_id="map", batch_id=batch_id).execute({})
+    else:
+        ErpSalesOrderCreateOperator(task_id="create", batch_id=batch_id, max_in_flight=max_in_flight).execute({})
+
+
+# --- the shared results format ---------------------------------------------------------------------
+
+
+def targets(
+    work: Path | None = None,
+    *,
+    orders: int = 20_000,
+    baseline_orders: int = 300,
+    mapped_orders: int = 200,
+    memory_postings: int = 100_000,
+) -> list[dict[str, Any]]:
+    """Run every flow benchmark and return ``{"name", "measured", "target", "pass", "unit"}`` per target."""
+    work = work or Path(tempfile.mkdtemp(prefix="omni_erp_flows_"))
+    environment(work)
+    f1 = bench_f1(work, orders)
+    f2 = f1["f2"]
+    plain = bench_plain_loop(work, baseline_orders)
+    mapped = bench_mapped_http_operator(work, mapped_orders)
+    memory = bench_memory(work, memory_postings)
+    peak = max(memory["peak_rss_mb"].values())
+    results = [
+        _target(f"F1 orders/s as a share of C/L ({orders:,} orders, C={CAP}, L={LATENCY_MS} ms)",
+                f1["share_of_c_over_l"], ">= 0.85", f1["share_of_c_over_l"] >= 0.85, "share of 320/s",
+                detail=f"{f1['orders_per_s']} orders/s"),
+        _target("F1 ERP calls answered 429", f1["share_429"], "< 0.01", f1["share_429"] < 0.01, "share of calls",
+                detail=f"{f1['erp_429']} of {f1['erp_calls']}"),
+        _target(f"F2 uploads/s as a share of C/L ({f2['invoices']:,} invoices)", f2["share_of_c_over_l"], ">= 0.85",
+                f2["share_of_c_over_l"] >= 0.85, "share of 320/s", detail=f"{f2['uploads_per_s']} uploads/s"),
+        _target("F2 Omni calls answered 429", f2["share_429"], "< 0.01", f2["share_429"] < 0.01, "share of calls",
+                detail=f"{f2['omni_429']} of {f2['omni_calls']}"),
+        _target("F1 vs a plain loop of blocking requests", round(f1["orders_per_s"] / plain["orders_per_s"], 1), ">= 12",
+                f1["orders_per_s"] / plain["orders_per_s"] >= 12, "x", detail=f"loop {plain['orders_per_s']} orders/s"),
+        _target(f"F1 vs one mapped HttpOperator task per order ({mapped_orders} orders, dag.test())",
+                round(f1["orders_per_s"] / mapped["orders_per_s"], 1), ">= 100",
+                f1["orders_per_s"] / mapped["orders_per_s"] >= 100, "x", detail=f"mapped {mapped['orders_per_s']} orders/s"),
+        _target(f"F1 peak RSS per task process ({memory_postings:,} pending postings)", round(peak, 1), "< 300",
+                peak < 300, "MB", detail=", ".join(f"{k} {v} MB" for k, v in memory["peak_rss_mb"].items())),
+    ]
+    (work / "flows.json").write_text(json.dumps({"f1": f1, "plain": plain, "mapped": mapped, "memory": memory}, indent=2))
+    return results
+
+
+def _target(name: str, measured: float, target: str, passed: bool, unit: str, *, detail: str = "") -> dict[str, Any]:
+    return {"name": name, "measured": measured, "target": target, "pass": bool(passed), "unit": unit, "detail": detail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.flows", description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--memory-postings", type=int, default=100_000)
+    parser.add_argument("--only", choices=["f1", "plain", "mapped", "memory"], help="run one part and print its figures")
+    parser.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT)
+    parser.add_argument("--task", choices=["claim", "map", "create"], help=argparse.SUPPRESS)
+    parser.add_argument("--batch", help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--mapped-http-operator", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="omni_erp_flows_"))
+    environment(work)
+    if args.task:
+        _run_task(args.task, args.batch, args.limit, args.max_in_flight)
+        return 0
+    if args.mapped_http_operator:
+        _run_mapped_http_operator(args.mapped_http_operator)
+        return 0
+    if args.only == "f1":
+        print(json.dumps(bench_f1(work, args.orders, max_in_flight=args.max_in_flight), indent=2))
+    elif args.only == "plain":
+        print(json.dumps(bench_plain_loop(work, 300), indent=2))
+    elif args.only == "mapped":
+        print(json.dumps(bench_mapped_http_operator(work, 200), indent=2))
+    elif args.only == "memory":
+        print(json.dumps(bench_memory(work, args.memory_postings, max_in_flight=args.max_in_flight), indent=2))
+    else:
+        results = targets(work, orders=args.orders, memory_postings=args.memory_postings)
+        print(json.dumps(results, indent=2))
+        return 0 if all(r["pass"] for r in results) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
