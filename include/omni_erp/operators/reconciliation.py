@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omni_erp.operators.base import ErpOperator, LedgerOperator, _error_text, _ledger_unreachable
+from omni_erp.states import DOC_CREDIT_NOTE, DOC_INVOICE, DOC_UPLOAD_FAILED
 from omni_erp.timeutil import IST, now
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from omni_erp.ledger.queries import ReconciliationQueries
     from omni_erp.rules.reconciliation import ErpFeeds, OmniState
+    from omni_erp.rules.sla import SlaSettings
 
 OUTPUT_FOLDER_ENV = "OMNI_ERP_RECONCILIATION_FOLDER"
 OUTPUT_CONN_ENV = "OMNI_ERP_RECONCILIATION_CONN_ID"
@@ -87,7 +89,11 @@ class SlaAlertOperator(LedgerOperator):
         self.irn_cancel_warning_hours = irn_cancel_warning_hours
         self.irp_limit_warning_days = irp_limit_warning_days
 
-    def sla_settings(self) -> Any:
+    def sla_settings(self) -> SlaSettings:
+        """The thresholds as rendered from the trigger form.
+
+        :raises ValueError: a threshold is not a positive number, or lies outside its window.
+        """
         from omni_erp.rules.sla import SlaSettings
 
         return SlaSettings(
@@ -106,8 +112,8 @@ class SlaAlertOperator(LedgerOperator):
             at=at,
             settings=settings,
             awaiting_upload=queries.orders_awaiting_upload(),
-            rejected_uploads=[d for doc_type in ("invoice", "credit_note")
-                              for d in self.ledger.documents(doc_type, states=["upload_failed"])],
+            rejected_uploads=[d for doc_type in (DOC_INVOICE, DOC_CREDIT_NOTE)
+                              for d in self.ledger.documents(doc_type, states=[DOC_UPLOAD_FAILED])],
             pending_cancellations=queries.pending_cancellations(),
             unregistered_documents=queries.unregistered_documents(),
             dead_letters=queries.unresolved_dead_letters(),
@@ -245,8 +251,8 @@ class ReconciliationReportOperator(ErpOperator):
         documents: dict[str, dict[str, dict[str, Any]]] = {}
         unreadable, truncated = 0, False
         feeds: list[tuple[str, Callable[..., Any], str]] = [
-            ("invoice", self.erp.einvoices_since, "invoice_number"),
-            ("credit_note", self.erp.credit_notes_since, "credit_note_number"),
+            (DOC_INVOICE, self.erp.einvoices_since, "invoice_number"),
+            (DOC_CREDIT_NOTE, self.erp.credit_notes_since, "credit_note_number"),
         ]
         try:
             for doc_type, read_page, number_field in feeds:
