@@ -48,6 +48,7 @@ from omni_erp.states import (
     PENDING,
     RETURN_BOOKED,
     RETURN_MANUAL_ONLY,
+    RETURN_READY,
 )
 
 MISMATCH = "MISMATCH"
@@ -270,13 +271,13 @@ def _open_items(snapshot: LedgerSnapshot, at: datetime) -> list[dict[str, Any]]:
         items.append({"flow": "F4/F5", "kind": f"return order {r['kind']}", "key": r["return_order_code"],
                       "order_code": r["order_code"], "state": r["state"], "since": r["created_at"],
                       "age_hours": _hours(at, r["created_at"]),
-                      "reason": "the ERP refused it: see the dead letter" if r["state"] != "ready_to_book" else "waiting to be booked in the ERP"})
+                      "reason": "waiting to be booked in the ERP" if r["state"] == RETURN_READY else "the ERP refused it: see the dead letter"})
     return sorted(items, key=lambda i: -i["age_hours"])
 
 
 def _duplicates(snapshot: LedgerSnapshot, omni: OmniState | None) -> list[dict[str, Any]]:
     rows = []
-    by_outcome = Counter()
+    by_outcome: Counter[tuple[str, str]] = Counter()
     for (event, _state, outcome), n in snapshot.posting_counts.items():
         if outcome in DUPLICATE_POSTING_OUTCOMES:
             by_outcome[(EVENT_FLOWS.get(event, "-"), outcome)] += n
@@ -307,13 +308,13 @@ def reconcile(
 
     :param erp: the feeds as read, or None when the ERP could not be read (``erp_problem`` says why).
     """
-    orders = Counter()
-    routes = Counter()
+    orders: Counter[str] = Counter()
+    routes: Counter[str] = Counter()
     for (state, route), n in snapshot.order_counts.items():
         orders[state] += n
         if route:
             routes[route] += n
-    returns = Counter()
+    returns: Counter[tuple[str, str]] = Counter()
     for (kind, state), n in snapshot.return_counts.items():
         returns[(kind, state)] += n
     figures = _posting_figures(snapshot.posting_counts)
@@ -422,15 +423,18 @@ th{background:#f6f8fa}td.num{text-align:right}tr.mismatch td{background:#ffebe9}
 """
 
 
+_NUMERIC = ' class="num"'
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _rows_html(rows: Iterable[Mapping[str, Any]], columns: list[str]) -> str:
     out = ["<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"]
     for row in rows:
         css = ' class="mismatch"' if row.get("check") == MISMATCH else ""
-        cells = "".join(
-            f'<td{" class=num" if isinstance(row.get(c), int | float) and not isinstance(row.get(c), bool) else ""}>'
-            f"{html.escape(_text(row.get(c)))}</td>"
-            for c in columns
-        )
+        cells = "".join(f"<td{_NUMERIC if _is_number(row.get(c)) else ''}>{html.escape(_text(row.get(c)))}</td>" for c in columns)
         out.append(f"<tr{css}>{cells}</tr>")
     return "<table>" + "".join(out) + "</table>"
 
