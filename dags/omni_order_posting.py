@@ -9,7 +9,8 @@
 3. **create_sales_orders** - books each order in the ERP with the key `create:<orderCode>` (the code
    percent-encoded where a header needs it, see `omni_erp/keys.py`), so a re-delivered posting, a
    retried task or a re-run never books twice; records the ERP id. It runs even when the mapping
-   task failed (one bad posting): the orders mapped are booked.
+   task failed (one bad posting): the orders mapped are booked. One mapped task per shard (trigger
+   parameter `shards`, default 1): each books its own part of the batch, so Celery workers share a run.
 4. **report_outcome** - logs one line per posting of the run (always runs)
    and ends the run failed when any task failed or any item was deferred or dead-lettered.
 
@@ -35,6 +36,7 @@ from omni_erp import dag_conventions as conventions
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
 from omni_erp.operators.report import LedgerBatchReportOperator
+from omni_erp.operators.shards import ShardIdsOperator
 from omni_erp.settings import EVENT_CREATE
 from omni_erp.tags import Tag
 
@@ -50,16 +52,19 @@ with DAG(
     dagrun_timeout=timedelta(minutes=30),
     tags=[Tag.Flow.f1, Tag.System.omni, Tag.System.erp, Tag.Impact.tier_1],
     default_args=conventions.default_args(),
-    params=conventions.params("f1", claims="OUTWARD_ORDER_CREATE"),
+    params=conventions.params("f1", claims="OUTWARD_ORDER_CREATE", sharded=True),
     # SLA: picking waits for the invoice, so a posting run must finish within 15 minutes.
     deadline=conventions.sla("f1", minutes=15),
 ) as dag:
     claim = OmniInboxClaimOperator(task_id="claim_postings", event_types=[EVENT_CREATE], limit="{{ params.limit }}")
+    shard_ids = ShardIdsOperator(task_id="shard_ids", shards="{{ params.shards }}")
     map_orders = ErpSalesOrderMapOperator(task_id="map_sales_orders")
     # all_done: one posting that made the mapping task fail must not keep the others from being booked.
-    create = ErpSalesOrderCreateOperator(
-        task_id="create_sales_orders", trigger_rule="all_done", outlets=[assets.ERP_SALES_ORDERS]
-    )
+    # One mapped task per shard (the `shards` param), so several workers book one run's batch.
+    create = ErpSalesOrderCreateOperator.partial(
+        task_id="create_sales_orders", trigger_rule="all_done", outlets=[assets.ERP_SALES_ORDERS],
+        shards="{{ params.shards }}",
+    ).expand(shard=shard_ids.output)
     report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
 
     claim >> map_orders >> create >> report

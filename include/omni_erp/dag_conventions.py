@@ -47,7 +47,7 @@ def sla(flow: str, minutes: int) -> DeadlineAlert:
     )
 
 
-def params(flow: str, *, claims: str | None = None, feed: str | None = None) -> dict[str, Param]:
+def params(flow: str, *, claims: str | None = None, feed: str | None = None, sharded: bool = False) -> dict[str, Param]:
     """The trigger form: the flow id, plus a batch size for DAGs that claim postings (``claims`` names
     them), the re-read / re-send controls for DAGs that read an ERP feed (``feed`` names it), and for
     both the requests in flight per task (``max_in_flight``, handed to the operators by ``default_args``)."""
@@ -58,6 +58,12 @@ def params(flow: str, *, claims: str | None = None, feed: str | None = None) -> 
         form["limit"] = Param(
             500, type="integer", minimum=1, maximum=5000, title="Batch size",
             description=f"Most {claims} postings to claim in one run.",
+        )
+    if sharded:
+        form["shards"] = Param(
+            1, type="integer", minimum=1, maximum=16, title="Shards",
+            description="Split the push step over this many mapped tasks, each booking its own part of the batch, "
+            "so several workers share one run (CeleryExecutor). 1: one task.",
         )
     if claims or feed:
         form["max_in_flight"] = Param(

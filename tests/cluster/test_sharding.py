@@ -99,3 +99,49 @@ def test_shards_claiming_at_once_never_take_the_same_posting(pg_ledger_url):
     assert Counter(every) == Counter(str(n) for n in range(1, 201))
     for (_, shard), got in results.items():
         assert {int(m) % 4 for m in got} <= {shard}
+
+
+def test_sharded_push_tasks_each_book_their_own_part_and_together_every_order_once(erp, ledger_path):
+    """The F1 push step as three mapped tasks on one batch: disjoint parts, every order booked once, a retry books nothing."""
+    from omni_erp.operators.inbox import OmniInboxClaimOperator
+    from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+
+    ledger = Ledger.sqlite(ledger_path)
+    _store(ledger, 12)
+    OmniInboxClaimOperator(task_id="claim", batch_id="f1/run", event_types=[CREATE]).execute(context={})
+    ErpSalesOrderMapOperator(task_id="map", batch_id="f1/run").execute(context={})
+    summaries = [
+        ErpSalesOrderCreateOperator(task_id="create", batch_id="f1/run", shard=k, shards="3").execute(context={})
+        for k in range(3)
+    ]
+    assert [s["booked"] for s in summaries] == [4, 4, 4]
+    assert Counter(o["orderCode"] for o in erp.state()["sales_orders"]) == Counter(f"FN{n:010d}" for n in range(1, 13))
+    again = ErpSalesOrderCreateOperator(task_id="create", batch_id="f1/run", shard=1, shards=3).execute(context={})
+    assert again.get("booked", 0) == 0  # the shard's postings are done: a retry finds nothing to book
+    assert len(erp.state()["sales_orders"]) == 12
+
+
+@pytest.mark.parametrize("bad", ["0", "17", "two"])
+def test_a_bad_shards_param_fails_the_task_before_any_booking(erp, ledger_path, bad):
+    from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator
+    from omni_erp.operators.shards import ShardIdsOperator
+
+    with pytest.raises(ValueError, match="shards must be a whole number from 1 to 16"):
+        ShardIdsOperator(task_id="shard_ids", shards=bad).execute(context={})
+    with pytest.raises(ValueError, match="shards must be a whole number"):
+        ErpSalesOrderCreateOperator(task_id="create", batch_id="b", shards=bad).execute(context={})
+    assert erp.state()["sales_orders"] == []
+
+
+@pytest.mark.integration
+def test_f1_with_four_shards_books_every_order_once_in_four_mapped_tasks(erp, inbox, ledger_path, run_dag):
+    from omni_erp.sandbox.pusher import PostingPusher
+    from tests.conftest import INBOX_KEY
+
+    postings = [create_posting(n, f"FN{n:010d}") for n in range(1, 21)]
+    assert PostingPusher(inbox, INBOX_KEY, backoff_s=0.01).push(postings).accepted == 20
+    run = run_dag("omni_order_posting")(shards=4)
+    assert run.state == "success"
+    shard_tis = sorted((ti.map_index, ti.state) for ti in run.get_task_instances() if ti.task_id == "create_sales_orders")
+    assert shard_tis == [(k, "success") for k in range(4)]
+    assert Counter(o["orderCode"] for o in erp.state()["sales_orders"]) == Counter(p["orderCode"] for p in postings)

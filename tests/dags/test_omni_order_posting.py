@@ -53,7 +53,7 @@ def test_every_pushed_order_is_booked_exactly_once_and_a_rerun_books_nothing(erp
     # Red: the postings without a PO were dead-lettered (mapping failed); the others were still booked.
     assert first.state == "failed"
     assert first.get_task_instance("map_sales_orders").state == "failed"
-    assert first.get_task_instance("create_sales_orders").state == "success"
+    assert first.get_task_instance("create_sales_orders", map_index=0).state == "success"
 
     booked = erp.state()["sales_orders"]
     assert Counter(o["orderCode"] for o in booked) == Counter(bookable)  # each bookable order exactly once
@@ -64,7 +64,7 @@ def test_every_pushed_order_is_booked_exactly_once_and_a_rerun_books_nothing(erp
     orders = {code: ledger.get_order(code) for code in bookable}
     assert all(o["state"] == "booked" and o["erp_sales_order_id"] for o in orders.values())
     assert {r["state"] for r in ledger.postings()} <= {DONE, DEAD}
-    summary = dag.xcom(first, "create_sales_orders")
+    summary = first.get_task_instance("create_sales_orders", map_index=0).xcom_pull(task_ids="create_sales_orders", map_indexes=0)
     assert summary["booked"] + summary.get("already_booked", 0) == len(bookable)
     assert first.get_task_instance("report_outcome").state == "failed"
 
@@ -84,7 +84,7 @@ def test_erp_outage_leaves_postings_pending_and_the_next_run_books_them(erp, inb
     dag = run_dag(DAG_ID)
     failed = dag()
     assert failed.state == "failed"
-    assert failed.get_task_instance("create_sales_orders").state == "failed"
+    assert failed.get_task_instance("create_sales_orders", map_index=0).state == "failed"
     # The outcome table is still logged; the report then fails the run because postings wait for the next one.
     assert failed.get_task_instance("report_outcome").state == "failed"
     ledger = Ledger.sqlite(ledger_path)
@@ -116,7 +116,8 @@ def test_poison_postings_among_good_ones_leave_the_good_ones_booked_and_the_run_
     run = run_dag(DAG_ID)()
 
     assert run.state == "failed"
-    assert {t: run.get_task_instance(t).state for t in ("claim_postings", "map_sales_orders", "create_sales_orders", "report_outcome")} == {
+    assert {t: run.get_task_instance(t, map_index=0 if t == "create_sales_orders" else -1).state
+            for t in ("claim_postings", "map_sales_orders", "create_sales_orders", "report_outcome")} == {
         "claim_postings": "success", "map_sales_orders": "failed", "create_sales_orders": "failed", "report_outcome": "failed"
     }
     assert sorted(o["orderCode"] for o in erp.state()["sales_orders"]) == sorted(p["orderCode"] for p in good)

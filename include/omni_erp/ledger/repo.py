@@ -336,17 +336,25 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
         return len(ids)
 
     def iter_claimed_postings(
-        self, batch_id: str, event_types: list[str] | None = None, *, page_size: int = PAGE_SIZE
+        self,
+        batch_id: str,
+        event_types: list[str] | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
+        shard: int = 0,
+        shards: int = 1,
     ) -> Iterator[ClaimedPosting]:
         """``claimed_postings``, read a page at a time in id order: one page in memory whatever the batch size.
 
         Each page is its own short read (no connection or snapshot is held while the caller works), and
-        pages follow by id, so postings the caller finishes meanwhile never make it skip one.
+        pages follow by id, so postings the caller finishes meanwhile never make it skip one. With ``shards``
+        > 1, only shard ``shard``'s part of the batch (``id % shards``; the sharded push tasks of one run).
         """
         m = t.inbox_message
+        in_shard = _in_shard(shard, shards)
         last_id = 0
         while True:
-            query = select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED, m.c.id > last_id)
+            query = select(m).where(m.c.batch_id == batch_id, m.c.state == CLAIMED, m.c.id > last_id, *in_shard)
             if event_types:
                 query = query.where(m.c.event_type.in_(event_types))
             with self._read() as conn:

@@ -110,13 +110,29 @@ class ErpSalesOrderCreateOperator(ErpOperator):
     task fails so the outage is visible; so does any posting that failed unexpectedly (see
     ``LedgerOperator.process_each``).
 
+    Sharded (issue 9.1), the task is mapped over the run's shard ids (``ShardIdsOperator``) and each mapped task
+    books only its shard's part of the batch (postings with ``id % shards == shard``), so Celery spreads
+    the run's bookings over its workers; a retried shard works the same part again.
+
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
+    :param shard: the shard this task books (0-based; given by ``expand``).
+    :param shards: how many shards the batch is split into (templated; 1 = the whole batch).
     """
 
+    template_fields = (*ErpOperator.template_fields, "shards")
+
+    def __init__(self, *, shard: int = 0, shards: int | str = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+        self.shards = shards
+
     def execute(self, context: Context) -> dict[str, Any]:
+        from omni_erp.operators.shards import parse_shards
+
+        shards = parse_shards(self.shards)
         return self.process_each(
-            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
+            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CREATE], shard=int(self.shard), shards=shards),
             self._book_one,
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,
