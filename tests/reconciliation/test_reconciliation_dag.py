@@ -12,9 +12,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from omni_erp.hooks.erp import ErpHook
 from omni_erp.ledger import Ledger
+from omni_erp.operators.invoice_upload import OmniInvoiceUploadOperator
 from omni_erp.operators.reconciliation import ReconciliationReportOperator
 from omni_erp.rules.reconciliation import MISMATCH
-from tests.flows import book, create_posting
+from tests.flows import book, create_posting, record_invoices
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,8 @@ def test_the_report_lists_every_difference_open_item_dead_letter_and_duplicate_i
     duplicate = {**create_posting(6, UPLOADED[0]), "messageId": 6}  # the same order posted again under another id
     with pytest.raises(AirflowFailException):
         book(ledger, no_po, duplicate)
-    _wait_for_einvoices(2)
-    assert run_dag("erp_invoice_upload")().state == "success"  # F2 uploads the two e-invoices to Omni
+    record_invoices(2)  # the real F2 operators record the two e-invoices and upload them to Omni
+    assert OmniInvoiceUploadOperator(task_id="u", batch_id="setup/f2-upload").execute(context={})["uploaded"] == 2
     erp.configure(invoice_hold=[NOT_INVOICED])
     late_number = next(i.invoice_number for i in _wait_for_einvoices(3) if i.order_code == LATE_INVOICE)
 
