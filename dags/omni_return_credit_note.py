@@ -100,6 +100,6 @@ with DAG(
         task_id="report_to_rms", settle="{{ params.rms_credit_notes }}", regenerate="{{ params.rms_regenerate }}",
         trigger_rule="all_done",
     )
-    report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done")
+    report = LedgerBatchReportOperator(task_id="report_outcome", trigger_rule="all_done", show_rms_waiting=True)
 
     claim >> create >> fetch >> upload >> rms >> report

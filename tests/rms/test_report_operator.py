@@ -121,3 +121,23 @@ def test_a_return_is_never_in_two_reports(backend, request):
     assert ledger.settle_rms_return("RET-1", "CN/1") == "already_settled"
     assert ledger.settle_rms_return("RET-1", "CN/X") == "conflict"
     assert ledger.settle_rms_return("RET-9", "CN/9") == "unknown"
+
+
+def test_refused_settlements_fail_the_task_after_recording_the_good_ones(ledger, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNI_ERP_RMS_REPORT_DIR", str(tmp_path / "out"))
+    for code in ("FN1", "FN2", "FN3"):
+        _order(ledger, code, {"A": 1})
+        _rms_return(ledger, f"RET-{code}", code, {"A": 1})
+    _operator().execute(context={})
+    assert _operator(settle="RET-FN1=CN/1").execute(context={})["settled"] == 1
+    # Another number for a settled return, an unknown return, an unreadable CSV path: refused, named, run red;
+    # the good pair of the same import is still recorded.
+    with pytest.raises(AirflowFailException) as refused:
+        _operator(settle="RET-FN1=CN/9, RET-NOPE=CN/7, RET-FN2=CN/2").execute(context={})
+    assert "RET-FN1=CN/9: it is settled with credit note CN/1 already" in str(refused.value)
+    assert "RET-NOPE=CN/7: no return on the RMS path has this code" in str(refused.value)
+    assert ledger.get_rms_return("RET-FN2")["rms_credit_note_number"] == "CN/2"
+    assert ledger.get_rms_return("RET-FN1")["rms_credit_note_number"] == "CN/1"
+    with pytest.raises(AirflowFailException, match="settle: .*No such file"):
+        _operator(settle=str(tmp_path / "missing.csv")).execute(context={})
+    assert [r["return_order_code"] for r in ledger.rms_returns(state=RMS_REPORTED)] == ["RET-FN3"]

@@ -36,11 +36,13 @@ class LedgerBatchReportOperator(LedgerOperator):
     document that could not be matched or uploaded.
 
     :param fail_on_unfinished: fail when items of the batch were deferred, dead-lettered or failed.
+    :param show_rms_waiting: also list the returns waiting for their Increff RMS credit note, with their age (issue 12).
     """
 
-    def __init__(self, *, fail_on_unfinished: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, fail_on_unfinished: bool = True, show_rms_waiting: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fail_on_unfinished = fail_on_unfinished
+        self.show_rms_waiting = show_rms_waiting
 
     def execute(self, context: Context) -> dict[str, Any]:
         released = self.ledger.release_unfinished(self.batch_id, error="the run ended before this posting was processed")
@@ -60,6 +62,12 @@ class LedgerBatchReportOperator(LedgerOperator):
         if documents:
             self._log_table(f"ERP documents of batch {self.batch_id} ({len(documents)})", documents, "reason")
         counts.update(f"{d['doc_type']}:{d['state']}" for d in documents)
+        if self.show_rms_waiting:
+            from omni_erp.operators.rms import rms_waiting_rows
+
+            if waiting := rms_waiting_rows(self.ledger):
+                self._log_table(f"Returns waiting for their RMS credit note ({len(waiting)})", waiting, "report")
+            counts["rms:reported_to_rms"] = len(waiting)
         self.log.info("Totals: %s", dict(counts))
         problems = self._failed_tasks(context)
         if self.fail_on_unfinished:

@@ -226,13 +226,24 @@ class RmsReturnReportOperator(LedgerOperator):
         report_names = {r["id"]: r["file_name"] for r in self.ledger.rms_reports()}
         lines = "\n".join(
             f"  {row['return_order_code']:<24} {row['order_code']:<20} {report_names.get(row['report_id'], '-'):<48} {age:>8.1f}"
-            for row, age in waiting
+            for row, age in sorted(waiting, key=lambda pair: -pair[1])
         )
         self.log.info(
             "RMS: %d return(s) wait for their RMS credit note (settle with the run param rms_credit_notes):\n"
             "  %-24s %-20s %-48s %8s\n%s", len(waiting), "returnOrderId", "forwardOrderCode", "report", "age (h)", lines,
         )
         return {"waiting": len(waiting), "oldest_waiting_h": round(max(age for _, age in waiting), 2)}
+
+
+def rms_waiting_rows(ledger: Any) -> list[dict[str, Any]]:
+    """Returns reported to RMS still waiting for their credit note, oldest first, for the outcome table."""
+    names = {r["id"]: r["file_name"] for r in ledger.rms_reports()}
+    rows = [
+        {"return_order_code": row["return_order_code"], "order_code": row["order_code"], "state": row["state"],
+         "reported_at": row["reported_at"], "age_hours": round(age, 1), "report": names.get(row["report_id"])}
+        for row, age in iter_waiting(ledger.rms_returns(state=RMS_REPORTED), now())
+    ]
+    return sorted(rows, key=lambda r: -r["age_hours"])
 
 
 def _param(value: Any) -> str | None:
