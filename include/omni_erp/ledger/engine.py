@@ -124,10 +124,14 @@ def get_engine(url: str) -> Engine:
             if url.startswith("sqlite"):
                 db_file = url.split(":///", 1)[1]
                 Path(db_file).parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+                # Shared by a task's worker threads (max_in_flight, at most 64): one pooled connection each at
+                # most, held only for their short transactions; 8 stay open.
+                engine = create_engine(
+                    url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8, max_overflow=56
+                )
                 _configure_sqlite(engine)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+                engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=56)
             _engines[url] = engine
         if url not in _migrated:
             migrate(engine)
