@@ -111,9 +111,9 @@ def deadline_message(flow: str | None, dag_id: str, run_id: str, state: str, dea
     }
 
 
-async def deadline_missed(flow: str, context: dict[str, Any] | None = None, **kwargs: Any) -> None:
+async def deadline_missed(flow: str, context: dict[str, Any] | None = None, **_: Any) -> None:
     """The DeadlineAlert callback of DAG versions before the notifiers: deadlines already stored in the
     metadata database name this path, so it stays and hands over to ``DeadlineMissedNotifier``."""
     from omni_erp.notifiers import DeadlineMissedNotifier
 
-    await DeadlineMissedNotifier(flow=flow, context=context or {}, **kwargs)
+    await DeadlineMissedNotifier(flow=flow, context=context or {})
