@@ -42,11 +42,6 @@ test-fast: venv
 chaos: venv
 	$(VENV)/bin/python -m omni_erp.chaos
 
-## cluster: the flows on the CeleryExecutor (PostgreSQL, Redis, api-server, scheduler, dag-processor, triggerer, two Celery
-## workers); F1 throughput for 1 and 2 workers and 1, 2, 4 shards, a worker SIGKILLed mid-booking, ledger = ERP = Omni
-cluster: venv
-	$(VENV)/bin/python -m omni_erp.cluster
-
 ## bench: throughput and parse-time benchmarks
 bench: venv
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }  # inbox load generator
