@@ -13,7 +13,7 @@ from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.order_posting import ErpSalesOrderMapOperator
 from omni_erp.rules import sla
 from omni_erp.states import DOC_INVOICE, DOC_UPLOAD_FAILED, ORDER_INVOICED
-from tests.flows import CANCEL, CREATE, book, create_posting, record_invoices, store
+from tests.flows import CANCEL, CREATE, book, create_posting, record_invoices, store, wait_for_einvoices
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +30,7 @@ def _ledger_with_one_breach_of_each_kind(erp, ledger: Ledger) -> datetime:
     """The real F1 and F2 operators on the ERP sandbox; returns the IRN acknowledgement time of CANCELLING."""
     erp.configure(invoice_hold=[WAITING])
     book(ledger, create_posting(1, WAITING), create_posting(3, CANCELLING))
+    wait_for_einvoices(1, timeout_s=20)  # generous: on a loaded machine the sandbox e-invoices later
     record_invoices(1)  # CANCELLING's e-invoice: the order becomes invoiced, its IRN window starts
     no_po = create_posting(2, NO_PO)
     del no_po["orderCustomAttributes"]["attribute1"]
