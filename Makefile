@@ -5,7 +5,7 @@ VENV := .venv
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet
 
-.PHONY: venv demo airflow test test-fast chaos bench lint lock clean
+.PHONY: venv demo airflow test test-fast chaos cluster bench lint lock clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -41,6 +41,11 @@ test-fast: venv
 ## chaos: 2,000 orders through all five DAGs while the ERP, Omni, PostgreSQL and task processes fail; exits 1 unless the zeros are zero
 chaos: venv
 	$(VENV)/bin/python -m omni_erp.chaos
+
+## cluster: the flows on the CeleryExecutor (PostgreSQL, Redis, api-server, scheduler, dag-processor, triggerer, two Celery
+## workers); F1 throughput for 1 and 2 workers and 1, 2, 4 shards, a worker SIGKILLed mid-booking, ledger = ERP = Omni
+cluster: venv
+	$(VENV)/bin/python -m omni_erp.cluster
 
 ## bench: throughput and parse-time benchmarks
 bench: venv
