@@ -218,3 +218,21 @@ def test_the_image_is_built_from_the_lock_with_the_celery_provider():
     lock = (REPO / "requirements.txt").read_text()
     for pin in ("apache-airflow-providers-celery==3.26.0", "celery==", "kombu==", "redis=="):
         assert re.search(rf"^{re.escape(pin)}", lock, re.M), pin
+
+
+def test_make_cluster_runs_the_settings_and_connections_the_compose_file_ships(tmp_path, resolved):
+    """The stack make cluster measures and the compose file agree on executor, Celery settings and connections."""
+    from omni_erp.cluster.stack import CeleryCluster
+
+    stack = CeleryCluster(tmp_path / "c", workers=2).airflow_stack("postgresql+psycopg://omni@127.0.0.1:5/omni", "redis://:pw@127.0.0.1:6/0")
+    compose_env = resolved["services"]["airflow-worker"]["environment"]
+    for key, value in SHARED_AIRFLOW_SETTINGS.items():
+        assert stack.env[key].lower() == value.lower() == compose_env[key].lower(), key
+    local = {k.removeprefix("AIRFLOW_CONN_").lower(): json.loads(v)["conn_type"] for k, v in stack.env.items() if k.startswith("AIRFLOW_CONN_")}
+    shipped = {k.removeprefix("AIRFLOW_CONN_").lower(): json.loads(v)["conn_type"] for k, v in compose_env.items() if k.startswith("AIRFLOW_CONN_")}
+    assert local == shipped == CONNECTION_TYPES
+    assert json.loads(stack.env["AIRFLOW_CONN_OMNI_ERP_LEDGER"])["schema"] == LEDGER_DATABASE
+    assert stack.env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert stack.env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+    workers = [c for c in stack._components if c.name.startswith("celery-worker-")]
+    assert [c.args[:2] for c in workers] == [("celery", "worker")] * 2

@@ -163,20 +163,35 @@ class CeleryCluster:
         self._exit.close()
 
     def _start(self) -> None:
-        from omni_erp.cluster.config import connection_env, ensure_database
-        from omni_erp.devtools.airflow_stack import AirflowStack, Component
+        from omni_erp.cluster.config import ensure_database
         from omni_erp.devtools.pg import PostgresCluster
 
         step = _Steps()
         pg = self._exit.enter_context(PostgresCluster())
         ensure_database(pg.url, LEDGER_DATABASE)
-        self.ledger_url = pg.url.rsplit("/", 1)[0] + f"/{LEDGER_DATABASE}"
         step.done("PostgreSQL (metadata DB, result backend, ledger)")
         redis = self._exit.enter_context(RedisServer(self.work / "redis"))
         step.done(f"Redis on 127.0.0.1:{redis.port}")
         self._start_sandboxes()
         step.done("ERP and Omni sandboxes")
 
+        self.stack = self.airflow_stack(pg.url, redis.url)
+        self._exit.enter_context(self.stack)
+        step.done(f"Airflow: api-server, scheduler, dag-processor, triggerer, {self.workers} Celery worker(s)")
+        self.stack.wait_for_dags(FLOWS)
+        step.done("DAGs parsed")
+
+    def airflow_stack(self, metadata_url: str, broker_url: str) -> Any:
+        """The Airflow processes (not started): the CeleryExecutor, the deployment's shared settings and connections
+        (the ones docker-compose.yaml carries; tests/cluster/test_compose.py compares them), the Celery workers.
+
+        :param metadata_url: SQLAlchemy URL of Airflow's metadata DB; the ledger is database ``omni_erp`` beside it.
+        :param broker_url: the Redis broker.
+        """
+        from omni_erp.cluster.config import connection_env
+        from omni_erp.devtools.airflow_stack import AirflowStack, Component
+
+        self.ledger_url = metadata_url.rsplit("/", 1)[0] + f"/{LEDGER_DATABASE}"
         connections = {
             "omni_erp_ledger": _postgres_connection(self.ledger_url),
             "erp_default": {"conn_type": "http", "host": self.erp_url, "password": ERP_TOKEN},
@@ -194,14 +209,14 @@ class CeleryCluster:
             )
             for n in range(1, self.workers + 1)
         ]
-        self.stack = AirflowStack(
+        return AirflowStack(
             home,
-            metadata_url=pg.url,
+            metadata_url=metadata_url,
             connections=connections,
             env={**SHARED_AIRFLOW_SETTINGS, **HTTP_POLICY, "OMNI_ERP_LOG_LEVEL": "WARNING"},
             executor="CeleryExecutor",
             config={
-                "celery": {"broker_url": redis.url, "result_backend": "db+" + pg.url},
+                "celery": {"broker_url": broker_url, "result_backend": "db+" + metadata_url},
                 # Runs only when the driver triggers them: the flows' cron schedules would add runs at
                 # random moments and blur the measurements.
                 "scheduler": {"use_job_schedule": "False", "task_instance_heartbeat_timeout": str(HEARTBEAT_TIMEOUT_S)},
@@ -210,10 +225,6 @@ class CeleryCluster:
             },
             extra=workers,
         )
-        self._exit.enter_context(self.stack)
-        step.done(f"Airflow: api-server, scheduler, dag-processor, triggerer, {self.workers} Celery worker(s)")
-        self.stack.wait_for_dags(FLOWS)
-        step.done("DAGs parsed")
 
     def _start_sandboxes(self) -> None:
         ready = self.work / "sandboxes.json"
