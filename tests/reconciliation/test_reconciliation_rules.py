@@ -104,3 +104,32 @@ def test_any_text_survives_the_csv_files_whole_and_is_escaped_in_the_html(reason
     assert "<script>" not in page
     for item in report.open_items:
         assert html.escape(item["reason"]) in page
+
+
+def test_credit_notes_are_reconciled_like_invoices_and_open_orders_name_the_flow_they_wait_on():
+    snapshot = _snapshot(
+        documents=[
+            {"doc_type": "credit_note", "doc_number": "CN1", "order_code": "FN1", "seq": 1, "state": "uploaded"},
+            {"doc_type": "credit_note", "doc_number": "CN2", "order_code": "FN2", "seq": 2, "state": "kept_in_erp"},
+        ],
+        omni_acknowledged={"credit_note:CN1": 1},
+        open_orders=[
+            {"order_code": "FN3", "state": "booked", "created_at": AT - timedelta(hours=2)},
+            {"order_code": "FN4", "state": "invoiced", "created_at": AT - timedelta(hours=30), "invoice_state": "uploaded"},
+            {"order_code": "FN5", "state": "ready_to_book", "created_at": AT, "last_error": "ERP unavailable: 503"},
+        ],
+    )
+    erp = ErpFeeds(documents={"invoice": {}, "credit_note": {"CN1": {"order_code": "FN1"}, "CN2": {"order_code": "FN2"}}})
+
+    report = reconcile(snapshot, at=AT, erp=erp)
+
+    f6 = {f["measure"]: f for f in report.figures if f["flow"] == "F6"}
+    assert (f6["credit notes (ledger: recorded; ERP: in its feed)"]["ledger"], f6["credit notes (ledger: recorded; ERP: in its feed)"]["erp"]) == (2, 2)
+    assert f6["credit notes uploaded (ledger: marked uploaded; Omni: acknowledged / held)"]["omni"] == 1
+    assert f6["credit notes kept in the ERP (F3 after 24 h, F4 partial cancel)"]["ledger"] == 1
+    assert report.differences == [] and all(f["check"] == "" for f in report.figures)
+    assert [f["flow"] for f in report.figures] == sorted(f["flow"] for f in report.figures)
+    open_items = {i["key"]: i for i in report.open_items}
+    assert [i["key"] for i in report.open_items] == ["FN4", "FN3", "FN5"]  # oldest first
+    assert {k: i["flow"] for k, i in open_items.items()} == {"FN3": "F2", "FN4": "F4", "FN5": "F1"}
+    assert open_items["FN4"]["age_hours"] == 30.0 and "ERP unavailable: 503" in open_items["FN5"]["reason"]

@@ -69,6 +69,8 @@ DUPLICATE_POSTING_OUTCOMES = {
     "already_cancelled": "CANCEL postings for an order already cancelled",
     "already_completed": "COMPLETE postings for an order already completed",
 }
+# Which flow an open order waits on, by its state.
+ORDER_FLOWS = {ORDER_READY: "F1", ORDER_REJECTED: "F1", ORDER_BOOKED: "F2", ORDER_INVOICED: "F2", ORDER_PARTIALLY_SHIPPED: "F4"}
 ORDER_WAITS = {
     ORDER_READY: "mapped, waiting to be booked in the ERP (F1)",
     ORDER_BOOKED: "booked in the ERP, waiting for its e-invoice (the ERP registers it at the IRP; F2 reads it)",
@@ -247,16 +249,17 @@ def _document_figures(
 def _open_items(snapshot: LedgerSnapshot, at: datetime) -> list[dict[str, Any]]:
     items = []
     for o in snapshot.open_orders:
+        flow = ORDER_FLOWS.get(o["state"], "-")
         if o["state"] == ORDER_INVOICED:
             if o.get("invoice_state") == DOC_UPLOADED:
-                reason = "e-invoice at Omni; waiting for OUTWARD_ORDER_COMPLETE (F4) or a cancellation (F3)"
+                flow, reason = "F4", "e-invoice at Omni; waiting for OUTWARD_ORDER_COMPLETE (F4) or a cancellation (F3)"
             else:
                 reason = f"e-invoice {o.get('invoice_state') or 'not recorded'}: {o.get('invoice_reason') or 'waiting for upload (F2)'}"
         else:
             reason = ORDER_WAITS.get(o["state"], o["state"])
             if o.get("last_error") and o["state"] in (ORDER_READY, ORDER_REJECTED):
                 reason = f"{reason}; last error: {o['last_error']}"
-        items.append({"flow": "F1-F4", "kind": "order", "key": o["order_code"], "order_code": o["order_code"],
+        items.append({"flow": flow, "kind": "order", "key": o["order_code"], "order_code": o["order_code"],
                       "state": o["state"], "since": o["created_at"], "age_hours": _hours(at, o["created_at"]), "reason": reason})
     for p in snapshot.open_postings:
         items.append({"flow": EVENT_FLOWS.get(p["event_type"], "-"), "kind": f"posting {p['event_type']}",
@@ -345,6 +348,7 @@ def reconcile(
         _figure("F5", "returned units for manual settlement", len(snapshot.manual_settlements)),
         *note_figures,
     ]
+    figures.sort(key=lambda f: f["flow"])  # stable: each flow's rows keep their order
     notes = []
     if erp is None:
         notes.append(f"The ERP's feeds could not be read ({erp_problem or 'unknown reason'}): the ERP column is empty.")
