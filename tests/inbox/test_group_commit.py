@@ -258,3 +258,21 @@ def test_one_batch_answers_as_the_same_postings_one_by_one(two_ledgers, earlier,
     assert together == one_by_one
     stored = [sorted((r["message_id"], r["content_hash"]) for r in ledger.postings()) for ledger in (grouped, serial)]
     assert stored[0] == stored[1]
+
+
+def test_each_worker_process_builds_the_inbox_as_the_command_line_said(monkeypatch, sqlite_ledger_url):
+    """``python -m omni_erp.inbox --workers N``: uvicorn builds each worker's app with ``worker_app`` (its own writer)."""
+    from fastapi.testclient import TestClient
+
+    from omni_erp.inbox.__main__ import _WORKER_ARGS_ENV, worker_app
+
+    monkeypatch.delenv("AIRFLOW_CONN_OMNI_INBOX", raising=False)
+    monkeypatch.setenv("WORKER_TEST_KEY", API_KEY)
+    monkeypatch.setenv(_WORKER_ARGS_ENV, json.dumps({"ledger_url": sqlite_ledger_url, "api_key_env": "WORKER_TEST_KEY"}))
+
+    client = TestClient(worker_app())
+    stored = client.post("/omni/postings", json=_posting(8_700_001), headers={"X-Api-Key": API_KEY})
+    refused = client.post("/omni/postings", json=_posting(8_700_002), headers={"X-Api-Key": "wrong"})
+
+    assert (stored.status_code, refused.status_code) == (200, 401)
+    assert set(_rows(sqlite_ledger_url)) == {"8700001"}

@@ -10,9 +10,11 @@ or the ledger configuration is unusable.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from typing import Any
 
 from omni_erp import settings
 from omni_erp.inbox.app import URL_PREFIX, InboxSettings, build_standalone_app
@@ -39,6 +41,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"environment variable holding the API key (default: password of connection {settings.INBOX_CONN_ID!r})",
     )
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (each with its own group-committing writer; default 1)"
+    )
     return parser.parse_args(argv)
 
 
@@ -76,15 +81,44 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"omni_erp.inbox: {problem}", file=sys.stderr)
         return 2
-    api_key_env = args.api_key_env
-    inbox_settings = InboxSettings(
+    log.info("serving the Omni inbox on http://%s:%d%s/postings", args.host, args.port, URL_PREFIX)
+    if args.workers > 1:
+        # uvicorn starts each worker process from an import string; the worker rebuilds the settings from this.
+        os.environ[_WORKER_ARGS_ENV] = json.dumps({"ledger_url": args.ledger_url, "api_key_env": args.api_key_env})
+        uvicorn.run(
+            "omni_erp.inbox.__main__:worker_app",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+        )
+    else:
+        uvicorn.run(
+            build_standalone_app(_settings(args.ledger_url, args.api_key_env, credentials)),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+        )
+    return 0
+
+
+_WORKER_ARGS_ENV = "OMNI_ERP_INBOX_WORKER_ARGS"
+
+
+def _settings(ledger_url: str | None, api_key_env: str | None, credentials: ConnectionAuthSource) -> InboxSettings:
+    return InboxSettings(
         api_key=(lambda: os.environ.get(api_key_env) or None) if api_key_env else credentials.api_key,
         dynamic_credentials=credentials.dynamic_credentials,
-        ledger_url=args.ledger_url,
+        ledger_url=ledger_url,
     )
-    log.info("serving the Omni inbox on http://%s:%d%s/postings", args.host, args.port, URL_PREFIX)
-    uvicorn.run(build_standalone_app(inbox_settings), host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process (uvicorn's factory), configured as the parent was."""
+    worker_args = json.loads(os.environ[_WORKER_ARGS_ENV])
+    credentials = ConnectionAuthSource(settings.INBOX_CONN_ID)
+    return build_standalone_app(_settings(worker_args["ledger_url"], worker_args["api_key_env"], credentials))
 
 
 if __name__ == "__main__":
