@@ -123,3 +123,21 @@ def test_bad_settlements_are_refused_naming_the_line(text, message):
 def test_an_erp_credit_note_of_an_rms_return_is_never_uploaded():
     state, reason = rms.erp_credit_note_on_rms_path("CN/9", "RET-1")
     assert state == "mismatch" and "RET-1" in reason and "CN/9" in reason
+
+
+def test_the_reconciliation_lists_returns_waiting_for_their_rms_credit_note_with_their_age():
+    from datetime import UTC, datetime, timedelta
+
+    from omni_erp.rules.reconciliation import LedgerSnapshot, reconcile
+
+    at = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    empty = dict(
+        posting_counts={}, order_counts={}, return_counts={}, documents=[], open_orders=[], open_postings=[],
+        open_documents=[], open_returns=[], manual_settlements=[], dead_letters=[], omni_acknowledged={}, erp_answered={},
+    )
+    waiting = {"return_order_code": "RET-1", "order_code": "FN1", "state": "reported_to_rms", "reason": None,
+               "registered_at": at - timedelta(hours=30), "reported_at": at - timedelta(hours=26)}
+    report = reconcile(LedgerSnapshot(**empty, rms_open=[waiting]), at=at, erp=None)
+    [item] = [i for i in report.open_items if i["key"] == "RET-1"]
+    assert item["age_hours"] == 26.0 and item["state"] == "reported_to_rms" and "RMS credit note" in item["reason"]
+    assert not [i for i in reconcile(LedgerSnapshot(**empty), at=at, erp=None).open_items if i["key"] == "RET-1"]

@@ -242,6 +242,7 @@ class ReconciliationReportOperator(ErpOperator):
             omni_acknowledged=queries.successful_calls_by_key("omni"),
             erp_answered=queries.successful_calls_by_key("erp", more_than=1),
             orders_with_erp_order=queries.orders_with_erp_order(),
+            rms_open=[r for r in ledger.rms_returns() if r["state"] != "settled"],
         )
 
     def _read_erp(self, from_seq: int) -> tuple[ErpFeeds | None, str | None]:

@@ -78,6 +78,13 @@ ORDER_WAITS = {
     ORDER_REJECTED: "the ERP refused the order: see the dead letter, fix and reprocess",
 }
 
+# rms_return.state -> why the return is open (issue 12).
+RMS_WAITS = {
+    "to_report": "booked in the ERP without a credit note; the next RMS report carries it",
+    "reported_to_rms": "in an RMS report; waiting for its RMS credit note (record it with rms_credit_notes)",
+    "not_reportable": "no line traceable to a forward invoice; settle offline with Ajio",
+}
+
 OPEN_ITEM_COLUMNS = ["flow", "kind", "key", "order_code", "state", "since", "age_hours", "reason"]
 FIGURE_COLUMNS = ["flow", "measure", "ledger", "erp", "omni", "check"]
 DIFFERENCE_COLUMNS = ["flow", "doc_type", "doc_number", "order_code", "difference"]
@@ -131,6 +138,8 @@ class LedgerSnapshot:
     omni_acknowledged: Mapping[str, int]  # idempotency key of an upload -> answered (200) calls
     erp_answered: Mapping[str, int]  # ERP idempotency key -> answered calls, only keys answered more than once
     orders_with_erp_order: int = 0  # orders carrying an ERP sales order id (booked at some point)
+    # Returns on the RMS credit-note path not settled yet (issue 12): rms_return rows (ledger/rms.py).
+    rms_open: list[Mapping[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -275,6 +284,11 @@ def _open_items(snapshot: LedgerSnapshot, at: datetime) -> list[dict[str, Any]]:
                       "order_code": r["order_code"], "state": r["state"], "since": r["created_at"],
                       "age_hours": _hours(at, r["created_at"]),
                       "reason": "waiting to be booked in the ERP" if r["state"] == RETURN_READY else "the ERP refused it: see the dead letter"})
+    for r in snapshot.rms_open:
+        since = r.get("reported_at") or r["registered_at"]
+        items.append({"flow": "F5 RMS", "kind": "return, credit note by Increff RMS", "key": r["return_order_code"],
+                      "order_code": r["order_code"], "state": r["state"], "since": since, "age_hours": _hours(at, since),
+                      "reason": RMS_WAITS.get(r["state"], r["state"]) + (f": {r['reason']}" if r.get("reason") else "")})
     return sorted(items, key=lambda i: -i["age_hours"])
 
 
@@ -409,7 +423,7 @@ def csv_files(report: Reconciliation) -> dict[str, str]:
     files = {}
     for name, _title, columns in TABLES:
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        writer = csv.writer(buffer)  # RFC 4180 line ends: a value holding \r or \n is quoted
         writer.writerow(columns)
         writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in getattr(report, name))
         files[f"{name}.csv"] = buffer.getvalue()
