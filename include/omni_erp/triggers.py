@@ -170,6 +170,10 @@ class _PollingTrigger(BaseEventTrigger):
 class LedgerPostingsTrigger(_PollingTrigger):
     """Fires when the ledger's inbox holds new pending postings of ``event_type`` (debounced, see :class:`Debounce`).
 
+    "New" means a pending id above the highest one announced. On PostgreSQL a posting whose transaction commits
+    after a higher id was already seen (two inbox writers racing) is usually taken by the run that event starts,
+    which begins seconds later; if not, the cron run takes it.
+
     :param event_type: the posting event type a flow claims (e.g. ``OUTWARD_ORDER_CREATE`` for F1).
     :param ledger_conn_id: the ledger connection (read when the trigger runs; embedded SQLite when undefined,
         exactly as the flows resolve it).
