@@ -119,7 +119,6 @@ def test_before_the_ledger_exists_the_watcher_waits_without_creating_it(tmp_path
     assert not path.exists() or path.stat().st_size == 0
 
 
-@pytest.mark.integration
 def test_the_einvoice_feed_fires_once_per_batch_of_new_invoices_beyond_the_cursor(erp, ledger_path):
     ledger = Ledger.from_conn_id()
     trigger = ErpFeedTrigger(feed="einvoices", cursor_name="erp_einvoice_seq", **FAST)
