@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,11 @@ def _run(
         def _wait_until(self, check: Any, what: str, timeout_s: float = 30) -> None:
             super()._wait_until(check, what, timeout_s=max(timeout_s, 180))
 
-    with PatientStack(work, REPO / "dags", seed=8, invoice_delay_s=invoice_delay_s) as sandboxes:
+    with ExitStack() as cleanup:
+        sandboxes = PatientStack(work, REPO / "dags", seed=8, invoice_delay_s=invoice_delay_s)
+        # Stopped even when its start fails half-way (the Stack's own ``with`` would leave the started ones running).
+        cleanup.callback(sandboxes.__exit__, None, None, None)
+        sandboxes.__enter__()
         ledger_file = work / "ledger.sqlite"
         connections = {
             "erp_default": sandboxes.erp_connection(),
