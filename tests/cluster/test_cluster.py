@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
 
 def test_two_workers_book_every_order_once_when_one_is_killed_mid_booking(tmp_path):
     with CeleryCluster(tmp_path / "cluster", workers=2, seed=5) as cluster:
-        cluster.erp_config(latency_ms=50, max_concurrency=8)
+        cluster.erp_config(latency_ms=200, max_concurrency=8)  # slow enough that the kill lands mid-batch
         for dag_id in ("omni_order_posting", "erp_invoice_upload", "omni_order_cancellation", "omni_order_completion"):
             cluster.set_paused(dag_id, True)
         # max_in_flight 1: each shard books one order at a time, so the kill lands mid-batch.

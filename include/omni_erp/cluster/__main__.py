@@ -118,6 +118,8 @@ class Driver:
         c = self.cluster
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
+            if any(r["run_id"] == run_id and r["state"] in ("success", "failed") for r in c.stack.dag_runs(F1)):
+                raise SystemExit("cluster: the run finished before a worker could be killed mid-booking; use more --orders")
             if len(c.erp_state()["sales_orders"]) >= booked_target:
                 victim = c.worker_running(F1, run_id, "create_sales_orders")
                 if victim is not None:
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--erp-latency-ms", type=int, default=50, help="the ERP sandbox's answer time")
     parser.add_argument("--erp-max-concurrency", type=int, default=16, help="calls the ERP serves at once (429 above)")
     parser.add_argument("--max-in-flight", type=int, default=8, help="F1's max_in_flight param")
+    parser.add_argument("--worker-concurrency", type=int, default=None,
+                        help="task slots per Celery worker (default: the deployment's, omni_erp.cluster.config)")
     parser.add_argument("--no-kill", action="store_true", help="skip killing a worker")
     parser.add_argument("--no-life-cycle", action="store_true", help="only F1 (no F2-F4)")
     parser.add_argument("--seed", type=int, default=9)
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     phases: list[Phase] = []
-    with CeleryCluster(args.workdir, workers=args.workers, seed=args.seed) as cluster:
+    with CeleryCluster(args.workdir, workers=args.workers, worker_concurrency=args.worker_concurrency, seed=args.seed) as cluster:
         cluster.erp_config(latency_ms=args.erp_latency_ms, max_concurrency=args.erp_max_concurrency)
         for dag_id in (F1, F2, F3, F4):
             cluster.set_paused(dag_id, True)
@@ -264,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         mismatches = reconcile(driver)
 
     print("\nF1 throughput (orders booked per second of the push step; ERP "
-          f"{args.erp_latency_ms} ms per call, at most {args.erp_max_concurrency} at once)")
+          f"{args.erp_latency_ms} ms per call, at most {args.erp_max_concurrency} at once; max_in_flight "
+          f"{args.max_in_flight} per task; {cluster.worker_concurrency} task slots per worker)")
     print(f"  {'workers':>7} {'shards':>6} {'orders':>6} {'push s':>7} {'orders/s':>9} {'run s':>6}  state")
     for p in phases:
         note = f"  (worker killed; shard tries {p.tries})" if max(p.tries.values(), default=1) > 1 else ""
