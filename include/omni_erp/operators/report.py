@@ -110,8 +110,8 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Rows as an aligned plain-text table: a header line, then one line per row.
 
     Every column but the last is padded to its widest value; the last is written in full (it holds the
-    error text, which people need whole), so put free text last. A missing value (``None``, an empty
-    string or an absent key) is always ``BLANK``; line breaks and other control characters inside a
+    error text, which people need whole), so put free text last. A missing value (``None``, NaN, an
+    empty or all-space string, an absent key) is always ``BLANK``; line breaks and other control characters inside a
     value become spaces, so each row stays one line of the log.
     """
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
@@ -124,10 +124,10 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _cell(value: Any) -> str:
-    if value is None or value == "" or value != value:  # value != value: a float NaN
+    if value is None or value != value:  # value != value: a float NaN
         return BLANK
-    text = str(value)
-    return "".join(c if c.isprintable() else " " for c in text)
+    text = "".join(c if c.isprintable() else " " for c in str(value))
+    return text if text.strip() else BLANK  # empty or only spaces: the same blank as a missing value
 
 
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
