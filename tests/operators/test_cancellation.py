@@ -88,8 +88,9 @@ def _cancel(ledger: Ledger, *cancels: dict, batch: str = BATCH, **kwargs) -> dic
 def _invoiced(ledger: Ledger, erp, order_code: str, message_id: int) -> tuple[dict, dict]:
     """A booked order whose e-invoice F2 recorded; returns (CREATE posting, ledger order)."""
     create = create_posting(message_id, order_code)
+    published = len(erp.state()["invoices"])  # counted before booking: the sandbox's ticker may publish at once
     book(ledger, create)
-    record_invoices(len(erp.state()["invoices"]) + 1)
+    record_invoices(published + 1)
     order = ledger.get_order(order_code)
     assert order["state"] == ORDER_INVOICED and order["invoiced_at"] is not None
     return create, order
