@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -407,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mapped-http-operator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still stop the sandboxes (with-blocks)
     work = Path(tempfile.mkdtemp(prefix="omni_erp_flows_"))
     environment(work)
     if args.task:

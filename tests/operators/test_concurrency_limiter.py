@@ -19,9 +19,9 @@ class Clock:
         return self.now
 
 
-def _limiter(limit: int = 32, probe: float = 2.0) -> tuple[AdaptiveLimiter, Clock]:
+def _limiter(limit: int = 32, probe: float = 2.0, every: int = 1) -> tuple[AdaptiveLimiter, Clock]:
     clock = Clock()
-    return AdaptiveLimiter(limit, probe_interval_s=probe, clock=clock), clock
+    return AdaptiveLimiter(limit, probe_every=every, probe_interval_s=probe, clock=clock), clock
 
 
 def test_a_429_halves_the_window_once_per_round_and_learns_the_cap():
@@ -114,6 +114,21 @@ def test_window_and_ceiling_stay_within_bounds(limit, events):
             limiter.release(ticket, throttled=throttled and n == len(tickets) - 1, retry_after=advance)
         assert 1 <= limiter.window <= limit
         assert 1 <= limiter.ceiling <= limit
+
+
+def test_probing_waits_for_enough_successes_at_the_ceiling():
+    limiter, clock = _limiter(32, probe=0.0, every=20)
+    held = [limiter.acquire() for _ in range(17)]
+    limiter.release(held.pop(), throttled=True)
+    for ticket in held:  # 16 successes at the ceiling
+        limiter.release(ticket)
+    assert (limiter.window, limiter.ceiling) == (16, 16)
+    for n in range(3):
+        clock.now += 10
+        limiter.release(limiter.acquire())
+        assert limiter.window == 16, n  # time alone does not probe
+    limiter.release(limiter.acquire())
+    assert limiter.window == 17  # the twentieth success at the ceiling does
 
 
 @pytest.mark.parametrize("limit", [0, -1], ids=["zero", "negative"])

@@ -142,8 +142,9 @@ class AdaptiveLimiter:
     success grows the window by one until it is back at the ceiling - a cap that is a concurrency limit
     is reached again within one round trip instead of the many a one-per-round growth would take, which
     keeps the task near the cap rather than at three quarters of it. Above the ceiling the window probes
-    one step at a time, at most once per ``probe_interval_s``, so a cap that was raised is found again
-    while the 429s that probing costs stay rare (at 320 requests/s and 2 s: 0.16 %). ``Retry-After``
+    one step at a time, after ``probe_every`` successes and ``probe_interval_s`` seconds at the ceiling,
+    so a cap that was raised is found again while the 429s that probing costs stay rare at any rate
+    (at most one per ``probe_every`` calls: 0.25 % with the default). ``Retry-After``
     stops the probing until that time has passed (the window only returns to the level that worked), and
     the refused request itself waits it out (``RetryPolicy.backoff``) before it is sent again.
 
@@ -151,14 +152,23 @@ class AdaptiveLimiter:
     the hook's retry policy deals with them.
 
     :param limit: the most requests in flight, ever (>= 1).
+    :param probe_every: least successes between two steps above the ceiling.
     :param probe_interval_s: least time between two steps above the ceiling.
     :param clock: monotonic clock (tests pass their own).
     """
 
-    def __init__(self, limit: int, *, probe_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        probe_every: int = 400,
+        probe_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self.limit = limit
+        self.probe_every = probe_every
         self.probe_interval_s = probe_interval_s
         self._clock = clock
         self._cond = threading.Condition()
@@ -168,6 +178,7 @@ class AdaptiveLimiter:
         self._generation = 0
         self._hold_until = 0.0
         self._last_probe = clock()
+        self._successes = 0  # at the ceiling since the last probe or cut
         self.throttled = 0  # 429s seen, for the task's log line and the benchmarks
 
     @property
@@ -198,15 +209,19 @@ class AdaptiveLimiter:
                     self._generation += 1
                     self._window = self._window // 2
                     self._last_probe = at
+                    self._successes = 0
                 self._window = max(1, min(self._window, self._ceiling))  # never above what is known to work
                 if retry_after:
                     self._hold_until = max(self._hold_until, at + retry_after)
             elif self._window < self._ceiling:
                 self._window += 1
-            elif self._window < self.limit and at >= self._hold_until and at - self._last_probe >= self.probe_interval_s:
-                self._window += 1
-                self._ceiling = self._window
-                self._last_probe = at
+            elif self._window < self.limit:
+                self._successes += 1
+                if self._successes >= self.probe_every and at >= self._hold_until and at - self._last_probe >= self.probe_interval_s:
+                    self._window += 1
+                    self._ceiling = self._window
+                    self._last_probe = at
+                    self._successes = 0
             self._cond.notify_all()
 
 
