@@ -114,7 +114,7 @@ class Server:
     def __enter__(self) -> Server:
         self._proc = subprocess.Popen(self._command, env=self._env, cwd=REPO, stdout=subprocess.DEVNULL)
         try:
-            _wait_http(f"{self.url}/health")
+            _wait_http(f"{self.url}/health", timeout_s=180)  # each worker process imports Airflow; slow on a busy host
             self._first_postings()
         except BaseException:
             self.__exit__()
