@@ -167,6 +167,12 @@ class Standalone:
         return requests.request(method, f"{self.base_url}/api/v2{path}", timeout=60,
                                 headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
 
+    def api_answers(self) -> bool:
+        try:
+            return requests.get(f"{self.base_url}/api/v2/monitor/health", timeout=30).ok
+        except requests.RequestException:
+            return False
+
     def wait_until_healthy(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not self.stop.is_set():
@@ -289,10 +295,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"ready in {time.monotonic() - started:.0f} s; Ctrl-C stops everything started here")
             feeder = threading.Thread(target=standalone.trickle, name="trickle", daemon=True)
             feeder.start()
+            last_check = time.monotonic()
             while not standalone.stop.wait(1.0):
                 if airflow.poll() is not None:
                     log(f"airflow standalone exited ({airflow.returncode}); see {args.home / 'standalone.log'}")
                     return 1
+                if time.monotonic() - last_check > 60:  # standalone does not restart a component that died
+                    last_check = time.monotonic()
+                    if not standalone.api_answers():
+                        log(f"the API server does not answer (UI and inbox down); see {args.home / 'standalone.log'}")
                 if args.exit_after_s is not None and time.monotonic() - started > args.exit_after_s:
                     break
             log("stopping")
