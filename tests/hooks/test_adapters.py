@@ -70,7 +70,7 @@ def test_the_f1_operators_book_through_tally_when_the_connection_says_so(monkeyp
     from omni_erp.sandbox.serve import serve_in_thread
     from omni_erp.sandbox.tally import create_tally_sandbox
 
-    with serve_in_thread(create_tally_sandbox(company="Omni Demo Co", invoice_delay_s=0.05)) as server:
+    with serve_in_thread(create_tally_sandbox(company="Omni Demo Co", invoice_delay_s=3600)) as server:
         conn = {"conn_type": "tally", "host": server.url, "login": "Omni Demo Co"}
         monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", json.dumps(conn))
         ledger = Ledger.sqlite(ledger_path)
