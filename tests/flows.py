@@ -54,7 +54,7 @@ def book(ledger: Ledger, *creates: dict, create: bool = True) -> str:
     return batch
 
 
-def wait_for_einvoices(count: int, timeout_s: float = 5.0) -> None:
+def wait_for_einvoices(count: int, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while len(ErpHook().einvoices_since(0, limit=500).items) < count:
         assert time.monotonic() < deadline, f"the ERP did not publish {count} e-invoice(s)"
