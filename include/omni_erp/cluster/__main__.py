@@ -229,14 +229,14 @@ def reconcile(driver: Driver) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omni_erp.cluster", description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=500, help="orders per measured F1 run")
+    parser.add_argument("--orders", type=int, default=400, help="orders per measured F1 run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", default="1,2,4", help="shard counts to measure, comma-separated")
-    parser.add_argument("--erp-latency-ms", type=int, default=50, help="the ERP sandbox's answer time")
-    parser.add_argument("--erp-max-concurrency", type=int, default=16, help="calls the ERP serves at once (429 above)")
-    parser.add_argument("--max-in-flight", type=int, default=8, help="F1's max_in_flight param")
-    parser.add_argument("--worker-concurrency", type=int, default=None,
-                        help="task slots per Celery worker (default: the deployment's, omni_erp.cluster.config)")
+    parser.add_argument("--erp-latency-ms", type=int, default=100, help="the ERP sandbox's answer time")
+    parser.add_argument("--erp-max-concurrency", type=int, default=6, help="calls the ERP serves at once (429 above)")
+    parser.add_argument("--max-in-flight", type=int, default=2, help="F1's max_in_flight param")
+    # Small on purpose: worker slots, shards and the ERP's cap each bind somewhere in the table.
+    parser.add_argument("--worker-concurrency", type=int, default=2, help="task slots per Celery worker")
     parser.add_argument("--no-kill", action="store_true", help="skip killing a worker")
     parser.add_argument("--no-life-cycle", action="store_true", help="only F1 (no F2-F4)")
     parser.add_argument("--seed", type=int, default=9)
