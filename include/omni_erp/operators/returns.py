@@ -60,6 +60,13 @@ class ErpSalesReturnOperator(ErpOperator):
     def __init__(self, *, credit_note_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.credit_note_path = credit_note_path
+
+    def in_flight_limit(self) -> int:
+        """One return at a time, in batch order. A return posting conflicts on two keys - its forward order
+        (the units still open for return) and its return order code (which Ajio may reuse for another order)
+        - while ``process_each`` serialises on one; returns are a small share of the volume, so the batch
+        order decides, as before concurrency."""
+        return 1
         self._via_rms = False
 
     def execute(self, context: Context) -> dict[str, Any]:
