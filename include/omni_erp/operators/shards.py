@@ -47,4 +47,6 @@ class ShardIdsOperator(BaseOperator):
         self.shards = shards
 
     def execute(self, context: Context) -> list[int]:
-        return list(range(parse_shards(self.shards)))
+        shards = parse_shards(self.shards)
+        self.log.info("Pushing this run's batch in %d shard(s)", shards)  # the log says why there are n mapped tasks
+        return list(range(shards))
