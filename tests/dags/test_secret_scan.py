@@ -24,7 +24,14 @@ from omni_erp.ledger import Ledger, tables
 from omni_erp.ledger.engine import sqlite_url
 from omni_erp.sandbox.lifecycle import cancel_posting, complete_posting, return_posting
 from omni_erp.sandbox.pusher import PostingPusher
-from omni_erp.states import DOC_UPLOAD_FAILED, DOC_UPLOADED, ORDER_CANCELLED, ORDER_COMPLETED, ORDER_COMPLETED_WITH_RETURN
+from omni_erp.states import (
+    DOC_SKIPPED,
+    DOC_UPLOAD_FAILED,
+    DOC_UPLOADED,
+    ORDER_CANCELLED,
+    ORDER_COMPLETED,
+    ORDER_COMPLETED_WITH_RETURN,
+)
 from tests.conftest import ERP_TOKEN, INBOX_KEY, OMNI_PASSWORD, OMNI_USER, SECRETS
 from tests.flows import create_posting, wait_for_einvoices
 from tests.secret_scan import as_text, database_rows, find_secrets, log_files
@@ -127,7 +134,10 @@ def test_no_secret_in_logs_ledger_or_xcoms_after_a_full_life_cycle(
     assert ledger.get_order(full["orderCode"])["state"] == ORDER_COMPLETED
     assert ledger.get_order(partial["orderCode"])["state"] == ORDER_COMPLETED_WITH_RETURN
     assert [n["body"]["returnOrderId"] for n in omni.state()["credit_notes"]] == ["RTN-SCAN-1"]
-    assert Counter(d["state"] for d in ledger.documents("invoice")) == {DOC_UPLOADED: 3, DOC_UPLOAD_FAILED: 1}
+    # Uploads run concurrently, so Omni's one 400 may hit the invoice of the order F3 later cancels.
+    invoice_states = Counter(d["state"] for d in ledger.documents("invoice"))
+    assert invoice_states[DOC_UPLOADED] == 3 and sum(invoice_states.values()) == 4
+    assert invoice_states[DOC_UPLOAD_FAILED] + invoice_states[DOC_SKIPPED] == 1
 
     # Collect: task logs (files and captured output), every ledger table and column, metadata rows and XComs.
     out, err = capfd.readouterr()
