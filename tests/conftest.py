@@ -6,6 +6,7 @@ never unit-test mode. The ledger defaults to a file inside that home.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -197,7 +198,16 @@ class DagRunner:
 
         self.runs += 1
         logical_date = pendulum.now("UTC").subtract(days=1).add(minutes=self.runs)
-        return self.dag.test(logical_date=logical_date, run_conf=conf or None)
+        # dag.test() writes run_conf into the (session-wide) DAG object's params: put them back, or a later
+        # test's run inherits e.g. shards=4 from an earlier one.
+        saved = copy.deepcopy(self.dag.params)
+        saved_tasks = {task.task_id: copy.deepcopy(task.params) for task in self.dag.tasks}
+        try:
+            return self.dag.test(logical_date=logical_date, run_conf=conf or None)
+        finally:
+            self.dag.params = saved
+            for task in self.dag.tasks:
+                task.params = saved_tasks[task.task_id]
 
     def xcom(self, dag_run, task_id: str):
         return dag_run.get_task_instance(task_id).xcom_pull(task_ids=task_id)
