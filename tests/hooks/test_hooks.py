@@ -63,9 +63,10 @@ def test_erp_5xx_is_retried_until_success(erp):
 
 def test_erp_timeout_after_commit_is_retried_and_books_only_once(erp):
     # The sandbox books the order, then answers too late: the hook times out and retries with the same key.
-    erp.configure(fail_next=["timeout"], timeout_s=1.5)
+    # The late answer comes well after the client's read timeout, which leaves a loaded machine room to replay.
+    erp.configure(fail_next=["timeout"], timeout_s=4.0)
     attempts = Recorder()
-    policy = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, read_timeout_s=0.3)
+    policy = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, read_timeout_s=1.5)
     booking = ErpHook(retry_policy=policy, on_attempt=attempts).create_sales_order(
         _order(), idempotency_key="create:FN0000000001"
     )
