@@ -256,22 +256,7 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
         ts = now()
         m = t.inbox_message
         with self._write() as conn:
-            claimable = or_(m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts))
-            query = (
-                select(m.c.id)
-                .where(m.c.event_type.in_(event_types), claimable, *_in_shard(shard, shards))
-                .order_by(m.c.id)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            ids = list(conn.execute(query).scalars())
-            if ids:
-                conn.execute(
-                    update(m)
-                    .where(m.c.id.in_(ids))
-                    .values(state=CLAIMED, batch_id=batch_id, lease_until=ts + lease, updated_at=ts)
-                )
+            _claim_claimable(conn, event_types, batch_id, limit, ts, lease, _in_shard(shard, shards))
             conn.execute(_extend_lease(batch_id, ts + lease))
             rows = conn.execute(
                 select(m)
@@ -319,21 +304,8 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
 
     def _claim_page(self, event_types: list[str], batch_id: str, size: int, lease: timedelta) -> int:
         """Claim up to ``size`` claimable postings for ``batch_id`` in one transaction; returns how many."""
-        ts = now()
-        m = t.inbox_message
         with self._write() as conn:
-            claimable = or_(m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts))
-            query = select(m.c.id).where(m.c.event_type.in_(event_types), claimable).order_by(m.c.id).limit(size)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            ids = list(conn.execute(query).scalars())
-            if ids:
-                conn.execute(
-                    update(m)
-                    .where(m.c.id.in_(ids))
-                    .values(state=CLAIMED, batch_id=batch_id, lease_until=ts + lease, updated_at=ts)
-                )
-        return len(ids)
+            return _claim_claimable(conn, event_types, batch_id, size, now(), lease, ())
 
     def iter_claimed_postings(
         self,
@@ -868,6 +840,25 @@ def _insert_ignoring_conflicts(conn: Connection, table: Any) -> Any:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     # RETURNING tells whether a row went in: psycopg reports rowcount -1 for these statements.
     return dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def _claim_claimable(
+    conn: Connection, event_types: list[str], batch_id: str, limit: int, ts: datetime, lease: timedelta, shard_filter: Any
+) -> int:
+    """Mark up to ``limit`` claimable postings (pending, or claimed with an expired lease) claimed by ``batch_id``
+    until ``ts + lease``, in the caller's transaction; returns how many. PostgreSQL skips rows another claimer
+    has locked (``FOR UPDATE SKIP LOCKED``); SQLite's writers are serialised by ``BEGIN IMMEDIATE``."""
+    m = t.inbox_message
+    claimable = or_(m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts))
+    query = select(m.c.id).where(m.c.event_type.in_(event_types), claimable, *shard_filter).order_by(m.c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    ids = list(conn.execute(query).scalars())
+    if ids:
+        conn.execute(
+            update(m).where(m.c.id.in_(ids)).values(state=CLAIMED, batch_id=batch_id, lease_until=ts + lease, updated_at=ts)
+        )
+    return len(ids)
 
 
 def _extend_lease(batch_id: str, until: datetime) -> Any:
