@@ -12,6 +12,7 @@ import pendulum
 from airflow.sdk import AsyncCallback, CronTriggerTimetable, DeadlineAlert, DeadlineReference, Param
 
 from omni_erp.notifiers import DeadlineMissedNotifier, RunFailedNotifier
+from omni_erp.run_scope import MAX_ORDER_CODE_LENGTH, MAX_ORDER_CODES
 
 TIMEZONE = "Asia/Kolkata"  # the warehouse's and Increff's clock
 START_DATE = pendulum.datetime(2026, 11, 1, tz=TIMEZONE)
@@ -19,8 +20,22 @@ OWNER = "omni-erp-integration"
 
 
 def every(cron: str) -> CronTriggerTimetable:
-    """An explicit cron timetable in IST (a bare cron string would also give CronTriggerTimetable, implicitly)."""
-    return CronTriggerTimetable(cron, timezone=TIMEZONE)
+    """A cron timetable in IST whose runs cover the time since the previous tick (their data interval).
+
+    A scheduled run works on everything due whatever its interval; a backfill run (``airflow backfill
+    create``) works on what was received or recorded in its interval (``omni_erp.run_scope``), so the
+    interval must not be empty: it is the gap between two ticks (``*/5`` -> 5 minutes, daily -> 1 day).
+    """
+    return CronTriggerTimetable(cron, timezone=TIMEZONE, interval=cron_period(cron))
+
+
+def cron_period(cron: str) -> timedelta:
+    """The time between two consecutive ticks of ``cron``, taken at a fixed reference (no clock read)."""
+    from croniter import croniter  # Airflow's cron timetables import it anyway
+
+    ticks = croniter(cron, START_DATE)
+    first = ticks.get_next(pendulum.DateTime)
+    return ticks.get_next(pendulum.DateTime) - first
 
 
 def default_args() -> dict[str, Any]:
@@ -35,6 +50,12 @@ def default_args() -> dict[str, Any]:
         "on_failure_callback": RunFailedNotifier(),
         # Operators that call the ERP or Omni take the run's max_in_flight (others ignore it); '' = their default.
         "max_in_flight": "{{ params.max_in_flight | default('') }}",
+        # What the run works on (omni_erp.run_scope): the trigger form's dry_run and order_codes, and a
+        # backfill run's data interval (other runs take everything due, whatever their interval).
+        "dry_run": "{{ params.dry_run | default(false) }}",
+        "order_codes": "{{ params.order_codes | default([], true) | tojson }}",
+        "window": "{{ data_interval_start.isoformat() ~ '/' ~ data_interval_end.isoformat() "
+        "if dag_run.run_type == 'backfill' and data_interval_start else '' }}",
     }
 
 
@@ -48,11 +69,24 @@ def sla(flow: str, minutes: int) -> DeadlineAlert:
 
 
 def params(flow: str, *, claims: str | None = None, feed: str | None = None, sharded: bool = False) -> dict[str, Param]:
-    """The trigger form: the flow id, plus a batch size for DAGs that claim postings (``claims`` names
-    them), the re-read / re-send controls for DAGs that read an ERP feed (``feed`` names it), and for
-    both the requests in flight per task (``max_in_flight``, handed to the operators by ``default_args``)."""
+    """The trigger form: ``dry_run`` and ``order_codes`` on every flow, a batch size for DAGs that claim
+    postings (``claims`` names them), the re-read / re-send controls for DAGs that read an ERP feed (``feed``
+    names it), and for both the requests in flight per task (``max_in_flight``). ``default_args`` hands them
+    to the operators. ``flow`` only names the flow in descriptions (the DAG itself says which flow it is)."""
     form: dict[str, Param] = {
-        "flow": Param(flow, type="string", const=flow, title="Flow", description="Flow id used in alerts."),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run",
+            description="Compute and log exactly what this run would send to the ERP and Omni, and what it would "
+            "record; send nothing and change nothing in the ledger. The task logs show it.",
+        ),
+        "order_codes": Param(
+            [], type="array", title="Only these orders",
+            items={"type": "string", "minLength": 1, "maxLength": MAX_ORDER_CODE_LENGTH, "pattern": r"^\S(.*\S)?$"},
+            maxItems=MAX_ORDER_CODES, uniqueItems=True,
+            description=f"Reprocess only these Ajio order codes (one per line), including postings that were "
+            f"dead-lettered and uploads Omni rejected, once the cause is fixed: the inbox kept the raw posting and "
+            f"{flow.upper()} replays it. Orders already done are skipped. Empty: everything due.",
+        ),
     }
     if claims:
         form["limit"] = Param(

@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 
 from omni_erp import settings
 from omni_erp.exceptions import RemoteUnavailableError
+from omni_erp.run_scope import RunScope
 from omni_erp.states import STAGE_CANCELLATION, STAGE_COMPLETION, STAGE_ORDER_POSTING, STAGE_RETURN
 from omni_erp.timeutil import now
 
@@ -151,9 +152,14 @@ class LedgerOperator(BaseOperator):
     :param ledger_conn_id: connection of the ledger (sqlite or postgres); embedded SQLite when undefined.
     :param lease_minutes: how long a claim or its renewal protects the batch's postings from other runs
         (see ``DEFAULT_LEASE_MINUTES``); give every task of a flow the same value, e.g. in ``default_args``.
+    :param dry_run: log what would be sent and written, send and write nothing (templated; ``run_scope``).
+    :param order_codes: only these orders, dead-lettered and rejected ones included (templated: a list, JSON
+        list or one code per line).
+    :param window: ``"<start>/<end>"`` (ISO 8601): only work received or recorded in it (templated; the DAGs
+        pass a backfill run's data interval, nothing otherwise).
     """
 
-    template_fields: tuple[str, ...] = ("batch_id",)
+    template_fields: tuple[str, ...] = ("batch_id", "dry_run", "order_codes", "window")
     ui_color = "#e8f0fe"
 
     def __init__(
@@ -162,17 +168,33 @@ class LedgerOperator(BaseOperator):
         batch_id: str = DEFAULT_BATCH_ID,
         ledger_conn_id: str = settings.LEDGER_CONN_ID,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
+        dry_run: bool | str = False,
+        order_codes: list[str] | str | None = None,
+        window: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.batch_id = batch_id
         self.ledger_conn_id = ledger_conn_id
         self.lease_minutes = lease_minutes
+        self.dry_run = dry_run
+        self.order_codes = order_codes
+        self.window = window
         self._lease_renewed_at: datetime | None = None
         self._lease_lock = threading.Lock()
         self._attempt_page: list[dict[str, Any]] | None = None  # attempts not written yet, while process_each runs
         self._attempt_lock = threading.Lock()
         self._attempt_page_started = 0.0
+
+    @cached_property
+    def scope(self) -> RunScope:
+        """This run's ``RunScope`` (from ``dry_run``, ``order_codes``, ``window`` once rendered), logged once.
+
+        :raises ValueError: a value that cannot be understood (the trigger form checks the params first).
+        """
+        scope = RunScope.parse(dry_run=self.dry_run, order_codes=self.order_codes, window=self.window)
+        self.log.info("Scope of this run: %s", scope.describe())
+        return scope
 
     @property
     def lease(self) -> timedelta:
