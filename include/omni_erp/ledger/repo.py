@@ -11,7 +11,7 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -336,6 +336,30 @@ class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
             if len(rows) < page_size:
                 return
             last_id = rows[-1].id
+
+    def select_postings(
+        self,
+        *,
+        event_types: list[str],
+        limit: int = 500,
+        order_codes: Sequence[str] = (),
+        window: tuple[datetime, datetime] | None = None,
+    ) -> list[ClaimedPosting]:
+        """The postings a claim with the same arguments would take now, read only (a dry run's batch).
+
+        Claimable postings (pending, or claimed with an expired lease), by id, up to ``limit``; a selective
+        selection (``order_codes`` matching the order or business key, ``window`` on ``received_at``) also
+        takes dead-lettered postings, which a real claim replays (``run_scope``).
+        """
+        m = t.inbox_message
+        query = (
+            select(m)
+            .where(m.c.event_type.in_(event_types), _claimable(now(), order_codes, window))
+            .order_by(m.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_claimed(r) for r in conn.execute(query).all()]
 
     def renew_lease(self, batch_id: str, lease: timedelta = DEFAULT_LEASE) -> int:
         """Extend to ``lease`` from now the lease of every posting ``batch_id`` still holds; returns how many changed.
@@ -859,6 +883,22 @@ def _claim_claimable(
             update(m).where(m.c.id.in_(ids)).values(state=CLAIMED, batch_id=batch_id, lease_until=ts + lease, updated_at=ts)
         )
     return len(ids)
+
+
+def _claimable(ts: datetime, order_codes: Sequence[str] = (), window: tuple[datetime, datetime] | None = None) -> Any:
+    """Condition "a claim at ``ts`` may take this posting": pending, or claimed with an expired lease; with
+    ``order_codes`` or ``window`` (a selective run, ``run_scope``) only postings of those orders / received in
+    that window, dead-lettered ones included (they are replayed)."""
+    m = t.inbox_message
+    states = [m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts)]
+    conditions = []
+    if order_codes:
+        conditions.append(or_(m.c.order_code.in_(list(order_codes)), m.c.business_key.in_(list(order_codes))))
+    if window is not None:
+        conditions.extend([m.c.received_at >= window[0], m.c.received_at < window[1]])
+    if conditions:
+        states.append(m.c.state == DEAD)
+    return and_(or_(*states), *conditions)
 
 
 def _extend_lease(batch_id: str, until: datetime) -> Any:

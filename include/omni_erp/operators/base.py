@@ -232,6 +232,20 @@ class LedgerOperator(BaseOperator):
                 _error_text(exc),
             )
 
+    def postings_of_this_run(self, event_types: list[str], *, shard: int = 0, shards: int = 1) -> Iterable[ClaimedPosting]:
+        """The postings this task works on: those its batch holds (streamed a page at a time), or in a dry run,
+        where nothing is claimed, the ones a claim would take now (``Ledger.select_postings``, read only)."""
+        if not self.scope.dry_run:
+            return self.ledger.iter_claimed_postings(self.batch_id, event_types, shard=shard, shards=shards)
+        selected = self.ledger.select_postings(
+            event_types=event_types, limit=self.dry_run_limit(), order_codes=self.scope.order_codes, window=self.scope.window
+        )
+        return [p for p in selected if shards == 1 or p.id % shards == shard]
+
+    def dry_run_limit(self) -> int:
+        """How many postings a dry run looks at: the run's batch size (``limit`` param) where the task has one."""
+        return int(getattr(self, "limit", None) or 500)
+
     def in_flight_limit(self) -> int:
         """How many items ``process_each`` handles at once: one here (ledger-only work gains nothing from
         threads); operators that call remote systems take it from their ``max_in_flight``."""
