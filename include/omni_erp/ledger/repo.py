@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select
 
 from omni_erp import settings
 from omni_erp.ledger import tables as t
+from omni_erp.ledger.document_scope import DocumentScopeLedger
 from omni_erp.ledger.engine import get_engine, ledger_identity, ledger_url_for_conn_id, sqlite_url
 from omni_erp.ledger.rms import RmsLedger
 from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING
@@ -69,7 +70,7 @@ class ClaimedPosting:
     attempts: int
 
 
-class Ledger(RmsLedger):  # RMS credit-note path verbs: ledger/rms.py
+class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scoped document reads: ledger/document_scope.py
     """The integration ledger over one SQLAlchemy engine (SQLite or PostgreSQL).
 
     :param url: SQLAlchemy URL; the schema is created or migrated on first use.
