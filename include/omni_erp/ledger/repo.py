@@ -18,14 +18,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, literal, or_, select, update
 
 from omni_erp import settings
 from omni_erp.ledger import tables as t
 from omni_erp.ledger.document_scope import DocumentScopeLedger
 from omni_erp.ledger.engine import get_engine, ledger_identity, ledger_url_for_conn_id, sqlite_url
 from omni_erp.ledger.rms import RmsLedger
-from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING
+from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING, STAGE_INBOX
 from omni_erp.timeutil import now
 
 StoreResult = Literal["stored", "duplicate", "conflict"]
@@ -52,11 +52,13 @@ class ClaimSummary:
     :param claimed: postings the batch holds now (claimed by this call or an earlier try of it).
     :param by_event_type: the same by event type.
     :param retried: those deferred before by an earlier run (``attempts`` > 0).
+    :param replayed: those that were dead-lettered and are replayed by this selective claim (``run_scope``).
     """
 
     claimed: int
     by_event_type: dict[str, int]
     retried: int
+    replayed: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ class ClaimedPosting:
     order_code: str
     payload: dict[str, Any]
     attempts: int
+    # Dead-lettered before and taken again by a selective run (order_codes / window): replayed from its payload.
+    replayed: bool = False
+
+
+# inbox_message.outcome of a dead-lettered posting a selective claim took again, until it is handled.
+REPLAYED = "replayed"
 
 
 class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scoped document reads: ledger/document_scope.py
@@ -243,6 +251,8 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
         lease: timedelta = DEFAULT_LEASE,
         shard: int = 0,
         shards: int = 1,
+        order_codes: Sequence[str] = (),
+        window: tuple[datetime, datetime] | None = None,
     ) -> list[ClaimedPosting]:
         """Claim up to ``limit`` postings of ``event_types`` for ``batch_id``, each for ``lease`` from now.
 
@@ -253,11 +263,16 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
 
         With ``shards`` > 1 only the postings of shard ``shard`` (``id % shards``) are claimed and returned,
         so the mapped tasks of one run, one per shard, share the run's batch and each works its own part.
+
+        ``order_codes`` / ``window`` make the claim selective (``_claimable``): only postings of those orders /
+        received in that window, dead-lettered ones included - those are replayed (``_claim_claimable``).
         """
         ts = now()
         m = t.inbox_message
         with self._write() as conn:
-            _claim_claimable(conn, event_types, batch_id, limit, ts, lease, _in_shard(shard, shards))
+            _claim_claimable(
+                conn, event_types, batch_id, limit, ts, lease, _in_shard(shard, shards), order_codes=order_codes, window=window
+            )
             conn.execute(_extend_lease(batch_id, ts + lease))
             rows = conn.execute(
                 select(m)
@@ -274,6 +289,8 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
         limit: int = 500,
         lease: timedelta = DEFAULT_LEASE,
         page_size: int = PAGE_SIZE,
+        order_codes: Sequence[str] = (),
+        window: tuple[datetime, datetime] | None = None,
     ) -> ClaimSummary:
         """Claim like ``claim_postings``, one transaction per page of ``page_size`` postings, and return counts.
 
@@ -282,12 +299,15 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
         postings costs a few small transactions and no memory; the operators then stream the batch with
         ``iter_claimed_postings``. A page's claim is one transaction: a crash leaves whole pages claimed
         (their lease runs out), never a half-marked page.
+
+        ``order_codes`` / ``window`` select as in ``claim_postings``; a dead-lettered posting is replayed in the
+        transaction of the page that takes it (claimed, ``attempts`` 0, its open dead letters resolved).
         """
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
         claimed = 0
         while claimed < limit:
-            page = self._claim_page(event_types, batch_id, min(page_size, limit - claimed), lease)
+            page = self._claim_page(event_types, batch_id, min(page_size, limit - claimed), lease, order_codes, window)
             claimed += page
             if page == 0:
                 break
@@ -296,17 +316,35 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
         with self._write() as conn:
             conn.execute(_extend_lease(batch_id, now() + lease))  # an earlier try's pages too
             rows = conn.execute(
-                select(m.c.event_type, func.count(), func.sum(case((m.c.attempts > 0, 1), else_=0)))
+                select(
+                    m.c.event_type,
+                    func.count(),
+                    func.sum(case((m.c.attempts > 0, 1), else_=0)),
+                    func.sum(case((m.c.outcome == REPLAYED, 1), else_=0)),
+                )
                 .where(*held)
                 .group_by(m.c.event_type)
             ).all()
-        by_type = {event_type: int(count) for event_type, count, _ in rows}
-        return ClaimSummary(sum(by_type.values()), by_type, sum(int(retried or 0) for *_, retried in rows))
+        by_type = {event_type: int(count) for event_type, count, *_ in rows}
+        return ClaimSummary(
+            sum(by_type.values()),
+            by_type,
+            sum(int(retried or 0) for _, _, retried, _ in rows),
+            sum(int(replayed or 0) for *_, replayed in rows),
+        )
 
-    def _claim_page(self, event_types: list[str], batch_id: str, size: int, lease: timedelta) -> int:
+    def _claim_page(
+        self,
+        event_types: list[str],
+        batch_id: str,
+        size: int,
+        lease: timedelta,
+        order_codes: Sequence[str] = (),
+        window: tuple[datetime, datetime] | None = None,
+    ) -> int:
         """Claim up to ``size`` claimable postings for ``batch_id`` in one transaction; returns how many."""
         with self._write() as conn:
-            return _claim_claimable(conn, event_types, batch_id, size, now(), lease, ())
+            return _claim_claimable(conn, event_types, batch_id, size, now(), lease, (), order_codes=order_codes, window=window)
 
     def iter_claimed_postings(
         self,
@@ -350,7 +388,7 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
 
         Claimable postings (pending, or claimed with an expired lease), by id, up to ``limit``; a selective
         selection (``order_codes`` matching the order or business key, ``window`` on ``received_at``) also
-        takes dead-lettered postings, which a real claim replays (``run_scope``).
+        takes dead-lettered postings, which a real claim replays (``run_scope``; they come with ``replayed``).
         """
         m = t.inbox_message
         query = (
@@ -614,20 +652,27 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
         business_key: str | None = None,
         payload: str | None = None,
     ) -> bool:
-        """Record something that cannot be processed; the same problem is recorded once. True if new."""
+        """Record something that cannot be processed; the same problem is recorded once. True if new, or if
+        it had been resolved (a replay met it again: ``_claim_claimable``) and is open again."""
         # The same problem of the same posting or document is one row, however often a run meets it.
         key_source = "|".join((message_id or "", business_key or "", "" if message_id else payload or "", reason))
         dedupe_key = hashlib.sha256(key_source.encode()).hexdigest()
-        return self._insert_once(
-            t.dead_letter,
-            stage=stage,
-            dedupe_key=dedupe_key,
-            message_id=message_id,
-            business_key=business_key,
-            reason=_text(reason)[:2000],
-            payload=payload[:20000] if payload else None,
-            created_at=now(),
-        )
+        dl = t.dead_letter
+        with self.transaction():
+            if self._insert_once(
+                dl,
+                stage=stage,
+                dedupe_key=dedupe_key,
+                message_id=message_id,
+                business_key=business_key,
+                reason=_text(reason)[:2000],
+                payload=payload[:20000] if payload else None,
+                created_at=now(),
+            ):
+                return True
+            with self._write() as conn:
+                reopen = update(dl).where(dl.c.stage == stage, dl.c.dedupe_key == dedupe_key, dl.c.resolved_at.is_not(None))
+                return conn.execute(reopen.values(resolved_at=None)).rowcount == 1
 
     def dead_letters(self, stage: str | None = None) -> list[dict[str, Any]]:
         query = select(t.dead_letter).order_by(t.dead_letter.c.id)
@@ -868,22 +913,53 @@ def _insert_ignoring_conflicts(conn: Connection, table: Any) -> Any:
 
 
 def _claim_claimable(
-    conn: Connection, event_types: list[str], batch_id: str, limit: int, ts: datetime, lease: timedelta, shard_filter: Any
+    conn: Connection,
+    event_types: list[str],
+    batch_id: str,
+    limit: int,
+    ts: datetime,
+    lease: timedelta,
+    shard_filter: Any,
+    *,
+    order_codes: Sequence[str] = (),
+    window: tuple[datetime, datetime] | None = None,
 ) -> int:
-    """Mark up to ``limit`` claimable postings (pending, or claimed with an expired lease) claimed by ``batch_id``
-    until ``ts + lease``, in the caller's transaction; returns how many. PostgreSQL skips rows another claimer
-    has locked (``FOR UPDATE SKIP LOCKED``); SQLite's writers are serialised by ``BEGIN IMMEDIATE``."""
-    m = t.inbox_message
-    claimable = or_(m.c.state == PENDING, and_(m.c.state == CLAIMED, m.c.lease_until < ts))
-    query = select(m.c.id).where(m.c.event_type.in_(event_types), claimable, *shard_filter).order_by(m.c.id).limit(limit)
+    """Mark up to ``limit`` claimable postings (``_claimable``) claimed by ``batch_id`` until ``ts + lease``, in the
+    caller's transaction; returns how many. PostgreSQL skips rows another claimer has locked (``FOR UPDATE SKIP
+    LOCKED``); SQLite's writers are serialised by ``BEGIN IMMEDIATE``.
+
+    A dead-lettered posting a selective claim takes is replayed: claimed like the others, its ``attempts`` back to
+    0 (the retry bound starts again: the cause was fixed), ``last_error`` saying so and keeping the old reason,
+    and its open dead letters (any stage but the inbox's, which are about other deliveries) resolved - all in
+    this transaction, so a replay is never half-recorded."""
+    m, dl = t.inbox_message, t.dead_letter
+    query = (
+        select(m.c.id, m.c.message_id, m.c.state)
+        .where(m.c.event_type.in_(event_types), _claimable(ts, order_codes, window), *shard_filter)
+        .order_by(m.c.id)
+        .limit(limit)
+    )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    ids = list(conn.execute(query).scalars())
-    if ids:
+    rows = conn.execute(query).all()
+    claim = {"state": CLAIMED, "batch_id": batch_id, "lease_until": ts + lease, "updated_at": ts}
+    live = [r.id for r in rows if r.state != DEAD]
+    dead = [r.message_id for r in rows if r.state == DEAD]
+    if live:
+        conn.execute(update(m).where(m.c.id.in_(live)).values(**claim))
+    if dead:
+        note = f"replayed by batch {batch_id} at {ts.isoformat()}; dead-lettered before: "
         conn.execute(
-            update(m).where(m.c.id.in_(ids)).values(state=CLAIMED, batch_id=batch_id, lease_until=ts + lease, updated_at=ts)
+            update(m)
+            .where(m.c.message_id.in_(dead), m.c.state == DEAD)
+            .values(**claim, attempts=0, outcome=REPLAYED, last_error=literal(note) + func.coalesce(m.c.last_error, ""))
         )
-    return len(ids)
+        conn.execute(
+            update(dl)
+            .where(dl.c.message_id.in_(dead), dl.c.resolved_at.is_(None), dl.c.stage != STAGE_INBOX)
+            .values(resolved_at=ts)
+        )
+    return len(rows)
 
 
 def _claimable(ts: datetime, order_codes: Sequence[str] = (), window: tuple[datetime, datetime] | None = None) -> Any:
@@ -938,6 +1014,8 @@ def _text(value: str | None) -> str | None:
 
 
 def _claimed(row: Any) -> ClaimedPosting:
+    """The posting of an ``inbox_message`` row; ``replayed`` when it is dead (a dry run's selection) or claimed
+    again from the dead (``_claim_claimable``)."""
     return ClaimedPosting(
         id=row.id,
         message_id=row.message_id,
@@ -946,6 +1024,7 @@ def _claimed(row: Any) -> ClaimedPosting:
         order_code=row.order_code,
         payload=json.loads(row.payload),
         attempts=row.attempts,
+        replayed=row.state == DEAD or row.outcome == REPLAYED,
     )
 
 
