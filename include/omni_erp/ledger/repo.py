@@ -972,7 +972,9 @@ def _claimable(ts: datetime, order_codes: Sequence[str] = (), window: tuple[date
     if order_codes:
         conditions.append(or_(m.c.order_code.in_(list(order_codes)), m.c.business_key.in_(list(order_codes))))
     if window is not None:
-        conditions.extend([m.c.received_at >= window[0], m.c.received_at < window[1]])
+        # In UTC: the ledger stores UTC, and SQLite compares the wall time it is given.
+        start, end = (bound.astimezone(UTC) for bound in window)
+        conditions.extend([m.c.received_at >= start, m.c.received_at < end])
     if conditions:
         states.append(m.c.state == DEAD)
     return and_(or_(*states), *conditions)
