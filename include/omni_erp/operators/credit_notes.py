@@ -47,7 +47,7 @@ class ErpCreditNoteFetchOperator(ErpDocumentFetchOperator):
     def related_code(self, payload: dict[str, Any]) -> Any:
         return payload.get("returnOrderCode") or payload.get("invoiceNumber")
 
-    def match_and_record(self, document: ErpCreditNote, *, replace: bool) -> DocumentRead:
+    def classify(self, document: ErpCreditNote) -> tuple[str, str | None]:
         ledger = self.ledger
         code = document.return_order_code
         return_order = ledger.get_return_order(code) if code else None
@@ -57,6 +57,19 @@ class ErpCreditNoteFetchOperator(ErpDocumentFetchOperator):
         if return_order is not None and ledger.get_rms_return(return_order["return_order_code"]) is not None:
             # RMS path (issue 12): RMS raises this return's e-credit note; nothing from the ERP is uploaded for it.
             state, reason = erp_credit_note_on_rms_path(document.credit_note_number, return_order["return_order_code"])
+        return state, reason
+
+    def would_also(self, document: ErpCreditNote, state: str) -> str:
+        code = document.return_order_code
+        if state not in (DOC_READY, DOC_KEPT_IN_ERP) or not code or self.ledger.get_return_order(code) is None:
+            return ""
+        return f"return order {code} would get credit note {document.credit_note_number}"
+
+    def match_and_record(self, document: ErpCreditNote, *, replace: bool) -> DocumentRead:
+        ledger = self.ledger
+        code = document.return_order_code
+        state, reason = self.classify(document)
+        return_order = ledger.get_return_order(code) if code else None
         if not self._store(document, state, reason, related_code=code or document.invoice_number, replace=replace):
             return DocumentRead()  # another run recorded it a moment ago
         if return_order is not None and state in (DOC_READY, DOC_KEPT_IN_ERP):
@@ -74,6 +87,7 @@ class OmniCreditNoteUploadOperator(OmniDocumentUploadOperator):
     doc_type = DOC_CREDIT_NOTE
     stage = STAGE_CREDIT_NOTE_UPLOAD
     label = "credit note"
+    pdf_field = "signedCreditNotePdf"
 
     def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
         from omni_erp.models.erp import ErpCreditNote
@@ -98,3 +112,9 @@ class OmniCreditNoteUploadOperator(OmniDocumentUploadOperator):
 
     def send(self, body: Any) -> None:
         self.omni.post_credit_note(body)
+
+    def endpoint_and_key(self, number: str) -> tuple[str, str]:
+        from omni_erp import keys
+        from omni_erp.hooks.omni import CREDIT_NOTE_ENDPOINT
+
+        return CREDIT_NOTE_ENDPOINT, keys.omni_credit_note(number)

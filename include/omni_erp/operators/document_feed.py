@@ -106,7 +106,19 @@ class DocumentRead(NamedTuple):
     problem: str | None = None  # a problem found for the first time: dead-lettered, and the task ends failed
 
 
-class ErpDocumentFetchOperator(ErpOperator):
+class DocumentOperator(ErpOperator):
+    """Base of the ERP document operators (feed readers and uploaders): a dry run records no HTTP attempt.
+
+    A dry run writes nothing to the ledger, not even the audit rows of its read-only GETs (feed pages, PDFs).
+    """
+
+    def record_attempt(self, attempt: Any) -> None:
+        if self.scope.dry_run:
+            return
+        super().record_attempt(attempt)
+
+
+class ErpDocumentFetchOperator(DocumentOperator):
     """Read one ERP document feed into the ledger, once per document number, and match each document.
 
     The feed is read page by page from ``max(0, cursor - lookback)``: the ERP can publish a document
@@ -141,7 +153,7 @@ class ErpDocumentFetchOperator(ErpOperator):
     number_alias: ClassVar[str]  # the number's field in the ERP document
     # (name in messages, field) of what makes a number mean one document: another value = another document.
     identity_fields: ClassVar[tuple[tuple[str, str], ...]]
-    template_fields = (*ErpOperator.template_fields, "since_seq")
+    template_fields = (*DocumentOperator.template_fields, "since_seq")
 
     def __init__(
         self,
@@ -168,9 +180,17 @@ class ErpDocumentFetchOperator(ErpOperator):
         """What ``erp_document.related_code`` holds for a document (from its JSON)."""
         raise NotImplementedError
 
+    def classify(self, document: Any) -> tuple[str, str | None]:
+        """The state (and reason) matching would give a readable document, read only; raises when it cannot be matched."""
+        raise NotImplementedError
+
     def match_and_record(self, document: Any, *, replace: bool) -> DocumentRead:
         """Match a readable document and record it (inside the caller's transaction; ``replace``: over an invalid row)."""
         raise NotImplementedError
+
+    def would_also(self, document: Any, state: str) -> str:
+        """For a dry run's log: what recording the document in ``state`` would change besides its row ('' for nothing)."""
+        return ""
 
     def extend_summary(self, summary: dict[str, Any]) -> None:
         """Add flow-specific figures to the XCom summary (called after the feed was read, before failing)."""
@@ -179,10 +199,16 @@ class ErpDocumentFetchOperator(ErpOperator):
         if self.lookback < 0 or self.page_size < 1:
             raise ValueError("lookback must be >= 0 and page_size >= 1")
         override = as_optional_seq(self.since_seq)
+        scope = self.scope
+        if scope.selective:
+            # Recording documents is bookkeeping: a feed reader that skipped some would lose them behind its cursor.
+            self.log.info("The %s feed is read whole whatever the run's orders or window; the upload step applies them", self.doc_type)
+        dry = scope.dry_run
         cursor = int(self.ledger.get_cursor(self.cursor_name, "0") or 0)
         since = override if override is not None else max(0, cursor - self.lookback)
         self.log.info("Reading %s feed from seq %d (cursor %d, lookback %d)", self.doc_type, since, cursor, self.lookback)
         read = new = 0
+        would_cursor = cursor  # dry run: where the cursor would go
         counts: Counter[str] = Counter()
         problems: list[str] = []
         ceiling: int | None = None  # the cursor stays below a document for which nothing could be recorded
@@ -199,7 +225,7 @@ class ErpDocumentFetchOperator(ErpOperator):
                 entry, seq = _placed(listed, since, page.next_cursor)
                 seqs += [] if seq is None else [seq]
                 try:
-                    outcome = self._read_one(entry, seq)
+                    outcome = self._preview_one(entry, seq) if dry else self._read_one(entry, seq)
                 except Exception as exc:
                     if not_about_the_item(exc):
                         raise
@@ -214,10 +240,15 @@ class ErpDocumentFetchOperator(ErpOperator):
             if seqs:
                 # Every document up to here is in the ledger now (recorded before or just now), or dead-lettered.
                 top = max(seqs) if ceiling is None else min(max(seqs), ceiling)
-                cursor = self.ledger.advance_cursor(self.cursor_name, top)
+                if dry:
+                    would_cursor = max(would_cursor, top)
+                else:
+                    cursor = self.ledger.advance_cursor(self.cursor_name, top)
             if len(entries) < self.page_size or page.next_cursor <= since:
                 break
             since = page.next_cursor
+        if dry:
+            return self._dry_run_summary(read, new, cursor, would_cursor, counts, problems)
         summary: dict[str, Any] = {"batch_id": self.batch_id, "read": read, "new": new, "cursor": cursor}
         summary.update({k: counts[k] for k in sorted(counts)})
         self.extend_summary(summary)
@@ -229,6 +260,74 @@ class ErpDocumentFetchOperator(ErpOperator):
                 f"Summary: {summary}"
             )
         return summary
+
+    def _dry_run_summary(
+        self, read: int, new: int, cursor: int, would_cursor: int, counts: Counter[str], problems: list[str]
+    ) -> dict[str, Any]:
+        """A dry run's XCom: what the feed holds and what reading it would record; it never fails for a document."""
+        self.log.info(
+            "DRY RUN would move the %s cursor from %d to %d (it stays at %d)", self.cursor_name, cursor, would_cursor, cursor
+        )
+        summary: dict[str, Any] = {
+            "batch_id": self.batch_id, "dry_run": True, "read": read, "would_record": new,
+            "would_dead_letter": len(problems), "cursor": cursor, "would_move_cursor_to": would_cursor,
+        }
+        summary.update({k: counts[k] for k in sorted(counts)})
+        self.extend_summary(summary)
+        self.log.info("DRY RUN read %s feed: %s (nothing was recorded)", self.doc_type, summary)
+        return summary
+
+    def _preview_one(self, entry: Any, seq: int | None) -> DocumentRead:
+        """What ``_read_one`` would do with one feed document, logged with ``DRY RUN``; reads the ledger only."""
+        from omni_erp.models.erp import UnreadableDocument
+
+        if isinstance(entry, UnreadableDocument):
+            raw_number, payload, document = entry.get(self.number_alias), entry.raw, None
+            problem: str | None = f"the ERP's document breaks the contract: {entry.problem}"
+        else:
+            raw_number, document = self.number(entry), entry
+            payload, problem = entry.model_dump(mode="json", by_alias=True), None
+        number = usable_number(raw_number)
+        if number is None:
+            shown = "none" if raw_number is None else printable(repr(raw_number))[:80]
+            reason = f"{self.label} at seq {seq} not recorded; its number {shown} cannot key the ledger" + (
+                f"; {problem}" if problem else ""
+            )
+            self.log.info("DRY RUN would dead-letter (once): %s", printable(reason))
+            return DocumentRead(DOC_INVALID, False, reason)
+        existing = self.ledger.get_document(self.doc_type, number)
+        if existing is not None and existing["state"] != DOC_INVALID:
+            if self._identity(existing["payload"]) == self._identity(payload):
+                return DocumentRead()
+            reason = printable(
+                f"{self.label} number {number} is already recorded for {self._describe(existing['payload'])}; "
+                f"the ERP now lists it for {self._describe(payload)}"
+            )
+            self.log.info("DRY RUN would dead-letter the conflict (once): %s", reason)
+            return DocumentRead(CONFLICT, False, reason)
+        over = " over its invalid row" if existing is not None else ""
+        if document is not None:
+            try:
+                state, reason = self.classify(document)
+            except Exception as exc:
+                if not_about_the_item(exc):
+                    raise
+                problem = f"it could not be matched: {_error_text(exc)}"
+            else:
+                also = self.would_also(document, state)
+                self.log.info(
+                    "DRY RUN would record %s %s of order %s (seq %s)%s as %s%s%s", self.label, printable(number),
+                    printable(str(document.order_code)), seq, over, state, f": {printable(reason)}" if reason else "",
+                    f"; {also}" if also else "",
+                )
+                refused = state in (DOC_UNMATCHED, DOC_MISMATCH)
+                if refused:
+                    self.log.info("DRY RUN would dead-letter %s %s (once): not uploaded: %s", self.label, printable(number), reason)
+                return DocumentRead(state, True, f"{self.label} {number} not uploaded: {reason}" if refused else None)
+        reason = printable(f"{self.label} {number} not uploaded: {problem}")
+        self.log.info("DRY RUN would record %s %s%s as %s and dead-letter it (once): %s", self.label, printable(number), over,
+                      DOC_INVALID, reason)
+        return DocumentRead(DOC_INVALID, existing is None, reason)
 
     def _read_one(self, entry: Any, seq: int | None) -> DocumentRead:
         """Record one feed document, or tell why not; raises only when nothing at all could be recorded."""

@@ -76,24 +76,27 @@ class ErpEInvoiceFetchOperator(ErpDocumentFetchOperator):
     def related_code(self, payload: dict[str, Any]) -> Any:
         return payload.get("salesOrderId")
 
-    def match_and_record(self, document: EInvoice, *, replace: bool) -> DocumentRead:
-        from omni_erp.timeutil import parse_datetime
+    def classify(self, document: EInvoice) -> tuple[str, str | None]:
+        state, reason = match_invoice(document, self.ledger.get_order(document.order_code))
+        # Checked before anything is written: F3's 24-hour window needs the acknowledgement time.
+        if state == DOC_READY and parse_datetime(document.ack_date) is None:
+            raise PayloadError("the e-invoice has no ackDate (IRN acknowledgement time)")
+        return state, reason
 
+    def would_also(self, document: EInvoice, state: str) -> str:
+        if state != DOC_READY:
+            return ""
+        return f"order {document.order_code} would become {ORDER_INVOICED} (IRN {document.irn}, acknowledged {document.ack_date})"
+
+    def match_and_record(self, document: EInvoice, *, replace: bool) -> DocumentRead:
         ledger = self.ledger
-        order = ledger.get_order(document.order_code)
-        state, reason = match_invoice(document, order)
-        invoiced_at = None
-        if state == DOC_READY:
-            # Checked before anything is written: F3's 24-hour window needs the acknowledgement time.
-            invoiced_at = parse_datetime(document.ack_date)
-            if invoiced_at is None:
-                raise PayloadError("the e-invoice has no ackDate (IRN acknowledgement time)")
+        state, reason = self.classify(document)
+        invoiced_at = parse_datetime(document.ack_date) if state == DOC_READY else None
         if not self._store(document, state, reason, related_code=document.sales_order_id, replace=replace):
             return DocumentRead()  # another run recorded it a moment ago
         if state == DOC_READY:
-            assert order is not None
             ledger.update_order(
-                order["order_code"],
+                document.order_code,
                 state=ORDER_INVOICED,
                 erp_sales_order_id=document.sales_order_id,
                 erp_invoice_number=document.invoice_number,
@@ -116,6 +119,7 @@ class OmniInvoiceUploadOperator(OmniDocumentUploadOperator):
     doc_type = DOC_INVOICE
     stage = STAGE_INVOICE_UPLOAD
     label = "invoice"
+    pdf_field = "invoicePdf"
 
     def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
         from omni_erp.models.erp import EInvoice
@@ -147,6 +151,12 @@ class OmniInvoiceUploadOperator(OmniDocumentUploadOperator):
 
     def send(self, body: Any) -> None:
         self.omni.post_b2b_invoice(body)
+
+    def endpoint_and_key(self, number: str) -> tuple[str, str]:
+        from omni_erp import keys
+        from omni_erp.hooks.omni import B2B_INVOICE_ENDPOINT
+
+        return B2B_INVOICE_ENDPOINT, keys.omni_invoice(number)
 
     def skip_reason(self, document: dict[str, Any]) -> str | None:
         # F3 may cancel the order between matching and upload (its IRN is then cancelled too).
