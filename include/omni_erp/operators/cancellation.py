@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import RemoteRejectedError
-from omni_erp.operators.base import ErpOperator
+from omni_erp.operators.dry_run import WOULD_DEAD_LETTER, DryRunErpOperator
 from omni_erp.rules.cancellation import ALREADY_CANCELLED, ORDER_CLOSED, cancellation_route
 from omni_erp.states import (
     CANCEL_CREDIT_NOTE,
@@ -40,7 +40,7 @@ ERP_ORDER_INVOICED = "ORDER_INVOICED"
 ERP_IRN_WINDOW_CLOSED = "IRN_CANCEL_WINDOW_CLOSED"
 
 
-class ErpOrderCancelOperator(ErpOperator):
+class ErpOrderCancelOperator(DryRunErpOperator):
     """Handle the batch's ``OUTWARD_ORDER_CANCEL`` postings (for Ajio always full cancellations).
 
     Routes by the order's state in the ledger: not booked -> marked cancelled, nothing called (an order
@@ -50,6 +50,10 @@ class ErpOrderCancelOperator(ErpOperator):
     the Ajio seller SOP keeps in the ERP (never uploaded; logged and shown in the run report). An
     invoice not yet uploaded to Omni is marked so that F2 never uploads it. Every ERP write carries
     one key per order and action, so re-deliveries, retries and re-runs never act twice.
+
+    In a dry run (``dry_run``) each posting goes through the same routing and the task logs what it would
+    record and the exact ERP requests it would send (IRN cancel, sales-order cancel, credit note); nothing
+    is sent or recorded (``omni_erp.operators.dry_run``).
 
     :param erp_conn_id: connection of the ERP.
     :param irn_window_hours: how long after its acknowledgement an IRN can be cancelled (GST rule: 24).
@@ -64,13 +68,14 @@ class ErpOrderCancelOperator(ErpOperator):
         irn_window = timedelta(hours=float(self.irn_window_hours))
         if irn_window <= timedelta(0):
             raise ValueError(f"irn_window_hours must be positive, got {self.irn_window_hours!r}")
-        return self.process_each(
-            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CANCEL]),
+        summary = self.process_each(
+            self.postings_of_this_run([settings.EVENT_CANCEL]),
             partial(self._cancel_one, irn_window=irn_window),
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,
             max_consecutive_unavailable=self.max_consecutive_unavailable,
         )
+        return self.dry_run_summary(summary) if self.scope.dry_run else summary
 
     def _cancel_one(self, posting: ClaimedPosting, *, irn_window: timedelta) -> str:
         order = self.ledger.get_order(posting.order_code)
@@ -78,18 +83,17 @@ class ErpOrderCancelOperator(ErpOperator):
             route = cancellation_route(order, at=now(), irn_window=irn_window)
         except ValueError as exc:
             return self._dead_letter(posting, str(exc))
+        problem = _route_problem(order, route)
+        if problem:
+            return self._dead_letter(posting, problem)
+        if self.scope.dry_run:
+            return self._dry_run(posting, order, route)
         try:
             if route == CANCEL_NOT_BOOKED:
                 return self._not_booked(posting, order)
             assert order is not None
             if route == ALREADY_CANCELLED:
                 return self._already_cancelled(posting, order)
-            if route == ORDER_CLOSED:
-                return self._dead_letter(
-                    posting,
-                    f"order {order['order_code']} is {order['state']}: Ajio cannot cancel an order after packing, "
-                    "so a cancellation of a shipped order needs a person",
-                )
             if route == CANCEL_SALES_ORDER:
                 return self._cancel_sales_order(posting, order)
             return self._cancel_invoiced(posting, order, route)
@@ -151,8 +155,6 @@ class ErpOrderCancelOperator(ErpOperator):
 
     def _cancel_invoiced(self, posting: ClaimedPosting, order: dict[str, Any], route: str) -> str:
         code, invoice = order["order_code"], order["erp_invoice_number"]
-        if not invoice:
-            return self._dead_letter(posting, f"order {code} is {order['state']} but no e-invoice number is recorded")
         with self.ledger.transaction():
             # The order is cancelled in Omni whatever the ERP says next: its invoice must never be uploaded.
             self._keep_invoice_out_of_omni(order)
@@ -186,6 +188,32 @@ class ErpOrderCancelOperator(ErpOperator):
         )
         return CANCEL_CREDIT_NOTE
 
+    def _dry_run(self, posting: ClaimedPosting, order: dict[str, Any] | None, route: str) -> str:
+        """What the route would record and send for ``posting``, logged; nothing is done."""
+        code, message_id = posting.order_code, posting.message_id
+        if route == ALREADY_CANCELLED:
+            assert order is not None
+            self.would("close posting %s: order %s is already cancelled (%s)", message_id, code, order["cancel_route"] or CANCEL_NOT_BOOKED)
+            return f"would_close_{ALREADY_CANCELLED}"
+        if route == CANCEL_NOT_BOOKED and order is None:
+            self.would("register order %s as cancelled (no CREATE seen yet), so that it is never booked", code)
+        elif route != CANCEL_NOT_BOOKED:
+            assert order is not None
+            erp = self.erp
+            sales_order, invoice = order["erp_sales_order_id"], order["erp_invoice_number"]
+            if route in (CANCEL_IRN, CANCEL_CREDIT_NOTE) and self._invoice_to_skip(order):
+                self.would("mark invoice %s %s: order %s is cancelled in Omni before its upload", invoice, DOC_SKIPPED, code)
+            if route == CANCEL_IRN:
+                self.would_send(lambda: erp.cancel_irn(invoice, IRN_CANCEL_REASON, idempotency_key=keys.cancel_irn(invoice)))
+            if route in (CANCEL_IRN, CANCEL_SALES_ORDER):
+                self.would_send(lambda: erp.cancel_sales_order(sales_order, idempotency_key=keys.cancel_sales_order(code)))
+            if route == CANCEL_CREDIT_NOTE:
+                self.would_send(
+                    lambda: erp.request_credit_note(invoice, code, CREDIT_NOTE_REASON, idempotency_key=keys.credit_note_for_invoice(invoice))
+                )
+        self.would("mark order %s %s (route %s) and close posting %s", code, ORDER_CANCELLED, route, message_id)
+        return f"would_{route}"
+
     # --- ledger helpers ---------------------------------------------------------------------
 
     def _close_and_finish(self, posting: ClaimedPosting, *, route: str) -> None:
@@ -194,10 +222,15 @@ class ErpOrderCancelOperator(ErpOperator):
             self.ledger.update_order(posting.order_code, state=ORDER_CANCELLED, cancel_route=route, closed_at=now())
             self.ledger.finish_posting(posting.message_id, outcome=route, batch_id=self.batch_id)
 
-    def _keep_invoice_out_of_omni(self, order: dict[str, Any]) -> None:
+    def _invoice_to_skip(self, order: dict[str, Any]) -> bool:
+        """True when the order's invoice is recorded and not uploaded yet: cancelling the order keeps it out of Omni."""
         number = order["erp_invoice_number"]
         document = self.ledger.get_document(DOC_INVOICE, number) if number else None
-        if document is None or document["state"] in (DOC_UPLOADED, DOC_SKIPPED):
+        return document is not None and document["state"] not in (DOC_UPLOADED, DOC_SKIPPED)
+
+    def _keep_invoice_out_of_omni(self, order: dict[str, Any]) -> None:
+        number = order["erp_invoice_number"]
+        if not self._invoice_to_skip(order):
             return
         self.ledger.update_document(
             DOC_INVOICE,
@@ -208,12 +241,29 @@ class ErpOrderCancelOperator(ErpOperator):
         )
 
     def _dead_letter(self, posting: ClaimedPosting, reason: str, *, outcome: str = "dead_letter") -> str:
+        if self.scope.dry_run:
+            self.would("dead-letter cancellation %s (order %s): %s", posting.message_id, posting.order_code, reason)
+            return WOULD_DEAD_LETTER
         self.ledger.dead_letter_posting(
             posting.message_id, stage=STAGE_CANCELLATION, reason=reason, business_key=posting.order_code, outcome=outcome,
             batch_id=self.batch_id,
         )
         self.log.warning("Dead-lettered cancellation %s (order %s): %s", posting.message_id, posting.order_code, reason)
         return outcome
+
+
+def _route_problem(order: dict[str, Any] | None, route: str) -> str | None:
+    """Why ``route`` cannot be taken for ``order`` without a person (the posting is dead-lettered), or None."""
+    if route == ORDER_CLOSED:
+        assert order is not None
+        return (
+            f"order {order['order_code']} is {order['state']}: Ajio cannot cancel an order after packing, "
+            "so a cancellation of a shipped order needs a person"
+        )
+    if route in (CANCEL_IRN, CANCEL_CREDIT_NOTE) and not (order or {}).get("erp_invoice_number"):
+        assert order is not None
+        return f"order {order['order_code']} is {order['state']} but no e-invoice number is recorded"
+    return None
 
 
 def _document_ref(document: Any) -> str:

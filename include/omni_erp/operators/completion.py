@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import LedgerConflictError, RemoteRejectedError
-from omni_erp.operators.base import ErpOperator
+from omni_erp.operators.dry_run import WOULD_DEAD_LETTER, DryRunErpOperator
 from omni_erp.rules.completion import (
     COMPLETED,
     DEAD_LETTER,
@@ -57,7 +57,7 @@ WAITING_FOR_EINVOICE = "waiting_for_einvoice"  # not "deferred": that one means 
 _COUNTS_LOCK = threading.Lock()
 
 
-class ErpOrderCompleteOperator(ErpOperator):
+class ErpOrderCompleteOperator(DryRunErpOperator):
     """Handle the batch's ``OUTWARD_ORDER_COMPLETE`` postings by the module's domain decision.
 
     Per posting: its new shipments are recorded once by ``shipmentCode``; units cancelled after
@@ -70,6 +70,10 @@ class ErpOrderCompleteOperator(ErpOperator):
     closing the posting; an order without a recorded e-invoice waits for F2 (the posting goes back to
     the queue). Any other error of one posting is isolated by ``process_each``.
 
+    In a dry run (``dry_run``) each posting goes through the same rule and the task logs the shipments and
+    return orders it would record, the exact return-order requests it would send and the state it would
+    close the order with; nothing is sent or recorded (``omni_erp.operators.dry_run``).
+
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
     """
@@ -77,7 +81,7 @@ class ErpOrderCompleteOperator(ErpOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         shipments: Counter[str] = Counter()
         summary = self.process_each(
-            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_COMPLETE]),
+            self.postings_of_this_run([settings.EVENT_COMPLETE]),
             lambda posting: self._complete_one(posting, shipments),
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,
@@ -85,7 +89,8 @@ class ErpOrderCompleteOperator(ErpOperator):
         )
         shipments = +shipments  # drop the zero counts
         self.log.info("Shipments of batch %s: %s", self.batch_id, dict(shipments) or "none")
-        return {**summary, **{k: shipments[k] for k in sorted(shipments)}}
+        summary = {**summary, **{k: shipments[k] for k in sorted(shipments)}}
+        return self.dry_run_summary(summary) if self.scope.dry_run else summary
 
     def _complete_one(self, posting: ClaimedPosting, counts: Counter[str]) -> str:
         from omni_erp.models.omni import OutwardOrderPosting
@@ -114,6 +119,9 @@ class ErpOrderCompleteOperator(ErpOperator):
         except ValueError as exc:
             return self._dead_letter(posting, f"recorded e-invoice {order['erp_invoice_number']} is unreadable: {exc}")
         if invoice is None:
+            if self.scope.dry_run:
+                self.would("put posting %s back in the queue: order %s has %s", posting.message_id, code, NO_EINVOICE)
+                return f"would_{WAITING_FOR_EINVOICE}"
             ledger.release_posting(posting.message_id, error=NO_EINVOICE, batch_id=self.batch_id)
             self.log.info("Order %s: %s; the posting waits for the invoice flow (F2)", code, NO_EINVOICE)
             return WAITING_FOR_EINVOICE
@@ -139,6 +147,10 @@ class ErpOrderCompleteOperator(ErpOperator):
             return self._dead_letter(posting, f"order {code}: {decision.reason}", figures=decision.figures_json())
 
         request = self._return_request(code, invoice, decision.to_return, returns) if decision.to_return else None
+        if self.scope.dry_run:
+            with _COUNTS_LOCK:
+                counts.update(new_shipments=len(shipments.new), duplicate_shipments=shipments.repeated)
+            return self._dry_run(posting, order, decision, shipments.new, request)
         try:
             with ledger.transaction():
                 # The shipments, a new return order and (with nothing to book) the order's new state: all or nothing.
@@ -159,9 +171,57 @@ class ErpOrderCompleteOperator(ErpOperator):
 
     # --- steps --------------------------------------------------------------------------------
 
-    def _close(self, posting: ClaimedPosting, order: dict[str, Any], decision: Completion, *, changed: bool, booked: bool = False) -> str:
-        """Set the order's state from the decision and finish the posting (inside the caller's transaction)."""
+    def _dry_run(
+        self,
+        posting: ClaimedPosting,
+        order: dict[str, Any],
+        decision: Completion,
+        new_shipments: dict[str, list[dict[str, Any]]],
+        request: dict[str, Any] | None,
+    ) -> str:
+        """What the decision would record and send for ``posting``, logged; nothing is done."""
+        from omni_erp.models.erp import ReturnOrderRequest
+
+        code = order["order_code"]
+        for shipment_code, items in new_shipments.items():
+            self.would("record shipment %s of order %s: %s", shipment_code, code, ", ".join(f"{i['sku']} x{i['quantity']}" for i in items))
+        ready = [r["erp_request"] for r in self.ledger.return_orders(order_code=code, kind=RETURN_PARTIAL_CANCEL) if r["state"] == RETURN_READY]
+        if request is not None:
+            stored = self.ledger.get_return_order(request["returnOrderCode"])
+            if stored is not None and stored["erp_request"] != request:
+                return self._dead_letter(
+                    posting, f"return order {request['returnOrderCode']} is registered already with other lines: {stored['lines']}"
+                )
+            if stored is None:
+                self.would("register return order %s of order %s (%s)", request["returnOrderCode"], code, RETURN_READY)
+                ready.append(request)
+        erp = self.erp
+        for body in ready:
+            return_order = ReturnOrderRequest.model_validate(body)
+            key = keys.return_order(return_order.return_order_code)
+            self.would_send(lambda return_order=return_order, key=key: erp.create_return_order(return_order, idempotency_key=key))
+            self.would("record return order %s %s", return_order.return_order_code, RETURN_BOOKED)
+        return self._close(
+            posting, order, decision, changed=bool(new_shipments) or bool(ready), booked=bool(ready), with_return=request is not None
+        )
+
+    def _close(
+        self,
+        posting: ClaimedPosting,
+        order: dict[str, Any],
+        decision: Completion,
+        *,
+        changed: bool,
+        booked: bool = False,
+        with_return: bool = False,
+    ) -> str:
+        """Set the order's state from the decision and finish the posting (inside the caller's transaction).
+
+        In a dry run only logs it; ``with_return``: a return order would be registered for the order first.
+        """
         ledger, code = self.ledger, order["order_code"]
+        if self.scope.dry_run:
+            return self._would_close(posting, order, decision, changed=changed, booked=booked, with_return=with_return)
         if decision.verdict == PARTIALLY_SHIPPED:
             ledger.update_order(code, state=ORDER_PARTIALLY_SHIPPED)
             ledger.finish_posting(posting.message_id, outcome=PARTIALLY_SHIPPED, batch_id=self.batch_id)
@@ -179,6 +239,25 @@ class ErpOrderCompleteOperator(ErpOperator):
         outcome = RETURN_ORDER_CREATED if booked else COMPLETED
         ledger.finish_posting(posting.message_id, outcome=outcome, batch_id=self.batch_id)
         return outcome
+
+    def _would_close(
+        self, posting: ClaimedPosting, order: dict[str, Any], decision: Completion, *, changed: bool, booked: bool, with_return: bool
+    ) -> str:
+        """``_close`` of a dry run: the same state and outcome, logged instead of recorded."""
+        code = order["order_code"]
+        if decision.verdict == PARTIALLY_SHIPPED:
+            state, outcome = ORDER_PARTIALLY_SHIPPED, PARTIALLY_SHIPPED
+        else:
+            has_return = with_return or bool(self.ledger.return_orders(order_code=code, kind=RETURN_PARTIAL_CANCEL))
+            state = ORDER_COMPLETED_WITH_RETURN if has_return else ORDER_COMPLETED
+            outcome = ALREADY_COMPLETED if order["state"] == state and not changed else RETURN_ORDER_CREATED if booked else COMPLETED
+        if outcome == ALREADY_COMPLETED:
+            self.would("close posting %s: order %s is %s already", posting.message_id, code, state)
+        else:
+            self.would("mark order %s %s and close posting %s (%s)", code, state, posting.message_id, outcome)
+        if decision.verdict == PARTIALLY_SHIPPED:
+            self.log.info("Order %s: %s still to ship or be cancelled", code, ", ".join(f"{sku} x{n}" for sku, n in decision.outstanding.items()))
+        return f"would_{outcome}"
 
     def _recorded_invoice(self, order: dict[str, Any]) -> EInvoice | None:
         """The order's e-invoice as F2 recorded it (never read from the ERP here: the ledger is the record)."""
@@ -254,6 +333,9 @@ class ErpOrderCompleteOperator(ErpOperator):
             return self._close(posting, order, decision, changed=True, booked=True)
 
     def _dead_letter(self, posting: ClaimedPosting, reason: str, *, figures: str | None = None, outcome: str = DEAD_LETTER) -> str:
+        if self.scope.dry_run:
+            self.would("dead-letter completion %s (order %s): %s", posting.message_id, posting.order_code, reason)
+            return WOULD_DEAD_LETTER
         self.ledger.dead_letter_posting(
             posting.message_id,
             stage=STAGE_COMPLETION,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError
-from omni_erp.operators.base import ErpOperator
+from omni_erp.operators.dry_run import WOULD_DEAD_LETTER, DryRunErpOperator
 from omni_erp.rules.returns import ReturnPlan, plan_return
 from omni_erp.states import (
     ORDER_BOOKED,
@@ -34,7 +34,7 @@ SUMMARY_KEYS = (
 )
 
 
-class ErpSalesReturnOperator(ErpOperator):
+class ErpSalesReturnOperator(DryRunErpOperator):
     """Book the batch's return postings (customer returns and RTOs) as ERP return orders, once each.
 
     The forward order must be in the ledger and e-invoiced: an unknown order is dead-lettered; an
@@ -50,12 +50,16 @@ class ErpSalesReturnOperator(ErpOperator):
     ``raiseCreditNote: false`` and registered for the RMS report (``RmsReturnReportOperator``); the path is
     fixed per return when it is registered, so switching it later never changes who credits a return.
 
+    In a dry run (``dry_run``) each posting goes through the same checks and plan and the task logs the return
+    orders and manual-settlement units it would record and the exact return-order requests it would send;
+    nothing is sent or recorded (``omni_erp.operators.dry_run``).
+
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many returns in a row.
     :param credit_note_path: ``erp`` or ``rms`` for this run (templated); empty: ``$OMNI_ERP_CREDIT_NOTE_PATH``.
     """
 
-    template_fields: tuple[str, ...] = (*ErpOperator.template_fields, "credit_note_path")
+    template_fields: tuple[str, ...] = (*DryRunErpOperator.template_fields, "credit_note_path")
 
     def __init__(self, *, credit_note_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -84,7 +88,7 @@ class ErpSalesReturnOperator(ErpOperator):
         manual_rows: list[dict[str, Any]] = []
         try:
             counts = self.process_each(
-                self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_RETURN]),
+                self.postings_of_this_run([settings.EVENT_RETURN]),
                 lambda posting: self._handle(posting, manual_rows),
                 defer=self.defer_posting,
                 give_up=self.dead_letter_posting,
@@ -92,6 +96,8 @@ class ErpSalesReturnOperator(ErpOperator):
             )
         finally:
             self._log_manual_settlement(manual_rows)  # also when the run fails: those units need a person
+        if self.scope.dry_run:
+            return self.dry_run_summary({**counts, "would_list_manual_units": len(manual_rows)})
         return {
             "batch_id": self.batch_id,
             **{k: counts.get(k, 0) for k in SUMMARY_KEYS},
@@ -115,6 +121,9 @@ class ErpSalesReturnOperator(ErpOperator):
             clash = self._clash(known, model)
             if clash:
                 return self._dead(posting, clash)
+            if known["state"] in (RETURN_BOOKED, RETURN_MANUAL_ONLY) and self.scope.dry_run:
+                self.would("close posting %s: return %s is %s already", posting.message_id, code, known["state"])
+                return "would_already_booked" if known["state"] == RETURN_BOOKED else f"would_{RETURN_MANUAL_ONLY}"
             if known["state"] == RETURN_BOOKED:
                 ledger.finish_posting(posting.message_id, outcome="booked", batch_id=self.batch_id)
                 self.log.info("Return %s is already booked as %s (posting %s)", code, known["erp_return_order_id"], posting.message_id)
@@ -135,6 +144,9 @@ class ErpSalesReturnOperator(ErpOperator):
             if order["state"] in (ORDER_READY, ORDER_BOOKED):
                 # The e-invoice is on its way (F2 records it); a return can only be credited against it.
                 reason = f"forward order {order_code} is not e-invoiced yet (state {order['state']}); the return waits for its invoice"
+                if self.scope.dry_run:
+                    self.would("put posting %s back in the queue: %s", posting.message_id, reason)
+                    return f"would_{WAITING_FOR_INVOICE}"
                 ledger.release_posting(posting.message_id, error=reason, batch_id=self.batch_id)
                 self.log.info("Return %s waits: %s", code, reason)
                 return WAITING_FOR_INVOICE
@@ -149,6 +161,8 @@ class ErpSalesReturnOperator(ErpOperator):
             return self._dead(posting, str(exc))
 
         request = self._request(model, order, plan, raise_credit_note=not self._via_rms)
+        if self.scope.dry_run:
+            return self._dry_run(posting, model, plan, request, manual_rows)
         with ledger.transaction():
             # The return order, its manual-settlement units and (with nothing to book) the posting: all or nothing.
             stored = ledger.register_return_order(
@@ -184,6 +198,28 @@ class ErpSalesReturnOperator(ErpOperator):
             self.log.info("Return %s: no unit passed QC; %d unit(s) for manual settlement, no ERP call", code, len(plan.manual))
             return RETURN_MANUAL_ONLY
         return self._book(posting, stored)
+
+    def _dry_run(
+        self,
+        posting: ClaimedPosting,
+        model: ReturnOrderPosting,
+        plan: ReturnPlan,
+        request: dict[str, Any] | None,
+        manual_rows: list[dict[str, Any]],
+    ) -> str:
+        """What registering and booking a new return would record and send, logged; nothing is done."""
+        code, order_code = model.return_order_code, model.forward_order_code
+        state = RETURN_READY if request is not None else RETURN_MANUAL_ONLY
+        self.would("register return order %s (%s) of order %s as %s", code, plan.kind, order_code, state)
+        for unit in plan.manual:
+            self.would("list unit %s (%s, QC %s) of return %s for manual settlement: %s", unit.item_code, unit.sku, unit.qc_status, code, unit.reason)
+        manual_rows.extend({"return_order_code": code, "order_code": order_code, **asdict(unit)} for unit in plan.manual)
+        if request is None:
+            self.would("close posting %s: no unit of return %s passed QC, no ERP call", posting.message_id, code)
+            return f"would_{RETURN_MANUAL_ONLY}"
+        if request.get("raiseCreditNote") is False:
+            self.would("register return %s for the RMS credit-note report", code)
+        return self._book(posting, {"return_order_code": code, "erp_request": request})
 
     @staticmethod
     def _clash(known: dict[str, Any], model: ReturnOrderPosting) -> str | None:
@@ -222,6 +258,11 @@ class ErpSalesReturnOperator(ErpOperator):
         ledger: Ledger = self.ledger
         code = stored["return_order_code"]
         request = ReturnOrderRequest.model_validate(stored["erp_request"])
+        if self.scope.dry_run:
+            erp = self.erp
+            self.would_send(lambda: erp.create_return_order(request, idempotency_key=keys.return_order(code)))
+            self.would("record return order %s %s and close posting %s", code, RETURN_BOOKED, posting.message_id)
+            return "would_book"
         try:
             booking = self.erp.create_return_order(request, idempotency_key=keys.return_order(code))
         except RemoteRejectedError as exc:
@@ -241,6 +282,9 @@ class ErpSalesReturnOperator(ErpOperator):
         return "booked"
 
     def _dead(self, posting: ClaimedPosting, reason: str, *, outcome: str = "dead_letter") -> str:
+        if self.scope.dry_run:
+            self.would("dead-letter return posting %s (%s): %s", posting.message_id, posting.business_key, reason)
+            return WOULD_DEAD_LETTER
         self.ledger.dead_letter_posting(
             posting.message_id, stage=STAGE_RETURN, reason=reason, business_key=posting.business_key, outcome=outcome,
             batch_id=self.batch_id,
