@@ -19,6 +19,9 @@
    failed when any task failed (e.g. Omni down) or any document was not matched or not uploaded.
 
 Re-read the feed from an earlier point with **since_seq** (nothing is recorded or uploaded twice).
+**order_codes** uploads only those orders' invoices, re-sending ones Omni rejected once the cause is
+fixed; a backfill run uploads the invoices recorded in its data interval that are not uploaded yet (the
+feed is always read whole). **dry_run** logs each body the next run would send and records nothing.
 Ledger tables: `erp_document`, `ajio_order`, `sync_cursor`, `outbound_call`, `dead_letter`.
 
 Connections: `omni_erp_ledger`, `erp_default`, `omni_default`.

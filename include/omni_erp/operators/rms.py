@@ -66,6 +66,11 @@ class RmsReturnReportOperator(LedgerOperator):
     The task fails (after doing the rest) when a settlement names an unknown, unreported or differently
     settled return, when a report cannot be regenerated, or when some return could not be read.
 
+    The run's scope (``run_scope``): ``order_codes`` (forward or return order codes) and a backfill ``window``
+    (on when the return was registered for RMS) restrict which waiting returns the new report carries. A dry
+    run computes the same report and logs its name and CSV rows, and what it would settle, regenerate or mark
+    not reportable; it writes no file and records nothing (its XCom says ``"dry_run": true``).
+
     :param settle: RMS credit notes to record (templated; empty: none).
     :param regenerate: file name of a report to write again (templated; empty: none).
     """
@@ -80,8 +85,8 @@ class RmsReturnReportOperator(LedgerOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         problems: list[str] = []
-        summary: dict[str, Any] = {"batch_id": self.batch_id}
-        summary["settled"] = self._settle(_param(self.settle), problems)
+        summary: dict[str, Any] = {"batch_id": self.batch_id, **({"dry_run": True} if self.scope.dry_run else {})}
+        summary["would_settle" if self.scope.dry_run else "settled"] = self._settle(_param(self.settle), problems)
         if regenerate := _param(self.regenerate):
             summary["regenerated"] = self._regenerate(regenerate, problems)
         summary.update(self._report(problems))
@@ -103,10 +108,11 @@ class RmsReturnReportOperator(LedgerOperator):
             return 0
         settled = 0
         for code, number in pairs:
-            result = self.ledger.settle_rms_return(code, number)
+            result = self._would_settle(code, number) if self.scope.dry_run else self.ledger.settle_rms_return(code, number)
             if result in ("settled", "already_settled"):
                 settled += result == "settled"
-                self.log.info("RMS credit note %s recorded for return %s (%s)", number, code, result)
+                dry = "DRY RUN would record: " if self.scope.dry_run else ""
+                self.log.info("%sRMS credit note %s recorded for return %s (%s)", dry, number, code, result)
                 continue
             known = self.ledger.get_rms_return(code)
             detail = {
@@ -117,6 +123,17 @@ class RmsReturnReportOperator(LedgerOperator):
             problems.append(f"settle {code}={number}: {detail}")
         return settled
 
+    def _would_settle(self, code: str, number: str) -> str:
+        """What ``Ledger.settle_rms_return`` would answer now (read only, for a dry run)."""
+        from omni_erp.ledger.rms import RMS_SETTLED
+
+        known = self.ledger.get_rms_return(code)
+        if known is None:
+            return "unknown"
+        if known["state"] == RMS_SETTLED:
+            return "already_settled" if known["rms_credit_note_number"] == number else "conflict"
+        return "settled" if known["state"] == RMS_REPORTED else "not_reported"
+
     # --- regeneration -----------------------------------------------------------------------------
 
     def _regenerate(self, name: str, problems: list[str]) -> str | None:
@@ -124,6 +141,11 @@ class RmsReturnReportOperator(LedgerOperator):
         if stored is None:
             problems.append(f"regenerate: no report named {name!r} in the ledger")
             return None
+        if self.scope.dry_run:
+            where = str(report_folder() / stored["file_name"])
+            self.log.info("DRY RUN would write RMS report %s again (%d rows, %d units) to %s", name, stored["row_count"],
+                          stored["unit_count"], where)
+            return where
         where = write_report(report_folder(), stored["file_name"], stored["content"])
         self.ledger.mark_rms_report_rewritten(stored["file_name"])
         self.log.info("Regenerated RMS report %s (%d rows, %d units) at %s", name, stored["row_count"], stored["unit_count"], where)
@@ -137,7 +159,14 @@ class RmsReturnReportOperator(LedgerOperator):
         carried: list[str] = []
         excluded: list[rules.ExcludedLine] = []
         not_reportable = 0
-        for waiting in ledger.rms_returns_to_report(RETURN_BOOKED):
+        dry, scope = self.scope.dry_run, self.scope
+        if scope.selective:
+            waiting_returns = ledger.select_rms_returns_to_report(
+                RETURN_BOOKED, order_codes=scope.order_codes, window=scope.window
+            )
+        else:
+            waiting_returns = ledger.rms_returns_to_report(RETURN_BOOKED)
+        for waiting in waiting_returns:
             code = waiting["return_order_code"]
             try:
                 result = rules.return_rows(self._facts(code))
@@ -153,7 +182,10 @@ class RmsReturnReportOperator(LedgerOperator):
                 carried.append(code)
             else:
                 reasons = "; ".join(sorted({line.reason for line in result.excluded})) or "no unit to credit"
-                ledger.mark_rms_not_reportable(code, reasons)
+                if dry:
+                    self.log.info("DRY RUN would mark return %s not reportable: %s", code, reasons)
+                else:
+                    ledger.mark_rms_not_reportable(code, reasons)
                 not_reportable += 1
         self._log_excluded(excluded)
         out: dict[str, Any] = {
@@ -167,6 +199,13 @@ class RmsReturnReportOperator(LedgerOperator):
         today = now().astimezone(IST).date()
         content = rules.render_csv(rows)
         folder = report_folder()
+        if dry:
+            name = rules.report_file_name(today, ledger.next_rms_sequence(today.isoformat()))
+            self.log.info(
+                "DRY RUN would write RMS report %s to %s: %d return(s) (%s), %d row(s), %d unit(s):\n%s",
+                name, folder / name, len(carried), ", ".join(carried), len(rows), out["units"], content,
+            )
+            return {**out, "would_write": name}
         try:
             with ledger.transaction():
                 sequence = ledger.next_rms_sequence(today.isoformat())
