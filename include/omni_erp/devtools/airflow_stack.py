@@ -18,6 +18,10 @@ What it sets and why:
   is ``AirflowStack(..., executor="CeleryExecutor", extra=[Component("celery-worker", ("celery", "worker"))],
   config={"celery": {"broker_url": ...}})``.
 
+Tests talk to it as a user would: :meth:`api` (the REST API, with a JWT from ``/auth/token`` when users log in),
+:meth:`airflow` (the CLI, e.g. ``backfill create``), :meth:`wait_for_runs` and :meth:`task_log` (what the UI's log
+view shows, read from the log files).
+
 Readiness is read from the metadata DB (a ``job`` row with a fresh heartbeat per scheduler, triggerer and
 dag-processor) and from the API server's health answer. :meth:`stop` ends every process it started, and their
 children (each runs in its own process group), and nothing else.
@@ -126,6 +130,7 @@ class AirflowStack:
         self._components += list(extra)
         self._running: list[_Running] = []
         self._engine: Any = None
+        self._token: str | None = None
         self.env = self._environment(connections or {}, env or {}, config or {})
 
     # --- life cycle -------------------------------------------------------------------------
@@ -217,6 +222,91 @@ class AirflowStack:
             all_columns=True,
         )
         return [dict(row) for row in rows]
+
+    def wait_for_runs(
+        self, dag_id: str, *, count: int, run_type: str | None = None, timeout_s: float = 300
+    ) -> list[dict[str, Any]]:
+        """Wait until ``dag_id`` has ``count`` finished runs (of ``run_type`` if given) and none of those still going.
+
+        :returns: those runs (:meth:`dag_runs` rows), oldest first.
+        :raises StackError: on timeout (with the runs' states) or when a component died.
+        """
+        def matching() -> list[dict[str, Any]]:
+            return [r for r in self.dag_runs(dag_id) if run_type is None or r["run_type"] == run_type]
+
+        def done() -> bool:
+            runs = matching()
+            return len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs)
+
+        try:
+            self._wait(done, f"{count} finished {run_type or ''} runs of {dag_id}", timeout_s)
+        except StackError as exc:
+            raise StackError(f"{exc}; runs now: {[(r['run_id'], r['state']) for r in matching()]}") from None
+        return matching()
+
+    def wait_for_run(self, dag_id: str, run_id: str, *, timeout_s: float = 300) -> dict[str, Any]:
+        """Wait until run ``run_id`` of ``dag_id`` has ended (success or failed); its :meth:`dag_runs` row."""
+        def run() -> dict[str, Any] | None:
+            return next((r for r in self.dag_runs(dag_id) if r["run_id"] == run_id), None)
+
+        try:
+            self._wait(lambda: (run() or {}).get("state") in ("success", "failed"), f"run {run_id} of {dag_id} to end", timeout_s)
+        except StackError as exc:
+            raise StackError(f"{exc}; tasks now: {self.task_states(dag_id, run_id)}") from None
+        return run() or {}
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """``task_id`` (``task_id[i]`` for a mapped task's instance ``i``) -> state, for one run."""
+        rows = self.query(
+            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = :dag_id AND run_id = :run_id",
+            {"dag_id": dag_id, "run_id": run_id}, all_columns=True,
+        )
+        return {(r["task_id"] if r["map_index"] < 0 else f"{r['task_id']}[{r['map_index']}]"): r["state"] for r in rows}
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, *, map_index: int = -1, try_number: int | None = None) -> str:
+        """The task's log as the UI shows it, one ``level event`` line per record (the latest try by default).
+
+        Read from ``<home>/logs`` (Airflow's default ``log_filename_template``); the files hold one JSON
+        record per line.
+        """
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        if map_index >= 0:
+            folder /= f"map_index={map_index}"
+        tries = sorted(folder.glob("attempt=*.log"), key=lambda p: int(p.stem.split("=")[1]))
+        if try_number is not None:
+            tries = [p for p in tries if p.stem == f"attempt={try_number}"]
+        if not tries:
+            raise StackError(f"no log of {dag_id}/{run_id}/{task_id} (map index {map_index}, try {try_number}) in {folder}")
+        lines = []
+        for raw in tries[-1].read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                lines.append(raw)
+                continue
+            lines.append(f"{record.get('level', '')} {record.get('event', '')}".strip())
+        return "\n".join(lines)
+
+    def api(self, method: str, path: str, *, timeout_s: float = 60, **kwargs: Any) -> Any:
+        """Call the REST API (``path`` under ``/api/v2``) as the ``admin`` user; returns the ``requests`` response.
+
+        When users log in (``[core] simple_auth_manager_all_admins`` False) the call carries a JWT from
+        ``POST /auth/token`` with the password the API server generated into the home; otherwise none is needed.
+        """
+        import requests
+
+        headers = dict(kwargs.pop("headers", None) or {})
+        password_file = self.home / "simple_auth_manager_passwords.json.generated"
+        if password_file.exists():
+            if self._token is None:
+                password = json.loads(password_file.read_text())["admin"]
+                response = requests.post(f"{self.api_url}/auth/token", json={"username": "admin", "password": password},
+                                         timeout=timeout_s)
+                if not response.ok:
+                    raise StackError(f"POST /auth/token answered {response.status_code}: {response.text[:500]}")
+                self._token = response.json()["access_token"]
+            headers["Authorization"] = f"Bearer {self._token}"
+        return requests.request(method, f"{self.api_url}/api/v2{path}", headers=headers, timeout=timeout_s, **kwargs)
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None, *, all_columns: bool = False) -> list[Any]:
         """Read the metadata DB: the first column of each row, or each row as a mapping with ``all_columns``."""
