@@ -97,7 +97,7 @@ class ErpSalesReturnOperator(DryRunErpOperator):
         finally:
             self._log_manual_settlement(manual_rows)  # also when the run fails: those units need a person
         if self.scope.dry_run:
-            return self.dry_run_summary({**counts, "would_list_manual_units": len(manual_rows)})
+            return self.dry_run_summary({**counts, "manual_units": len(manual_rows)})
         return {
             "batch_id": self.batch_id,
             **{k: counts.get(k, 0) for k in SUMMARY_KEYS},
@@ -262,7 +262,7 @@ class ErpSalesReturnOperator(DryRunErpOperator):
             erp = self.erp
             self.would_send(lambda: erp.create_return_order(request, idempotency_key=keys.return_order(code)))
             self.would("record return order %s %s and close posting %s", code, RETURN_BOOKED, posting.message_id)
-            return "would_book"
+            return "would_booked"
         try:
             booking = self.erp.create_return_order(request, idempotency_key=keys.return_order(code))
         except RemoteRejectedError as exc:

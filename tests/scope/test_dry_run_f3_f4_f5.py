@@ -1,0 +1,228 @@
+"""Dry runs of F3 (cancellation), F4 (completion) and F5 (returns): nothing sent, nothing recorded, exact bodies logged.
+
+Real parts: the ERP sandbox behind a recording proxy on 127.0.0.1 (what the ERP really received), the F1 and F2
+operators to set up booked and invoiced orders, the ledger on SQLite and PostgreSQL, and ``dag.test()``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+import requests
+import sqlalchemy as sa
+from airflow.sdk.exceptions import AirflowFailException
+from fastapi import FastAPI, Request, Response
+
+from omni_erp.ledger import Ledger
+from omni_erp.operators.cancellation import ErpOrderCancelOperator
+from omni_erp.operators.completion import ErpOrderCompleteOperator
+from omni_erp.operators.inbox import OmniInboxClaimOperator
+from omni_erp.operators.returns import ErpSalesReturnOperator
+from omni_erp.sandbox.lifecycle import cancel_posting, complete_posting, return_posting
+from omni_erp.sandbox.serve import serve_in_thread
+from omni_erp.states import CANCEL_IRN, CANCEL_NOT_BOOKED, CANCEL_SALES_ORDER
+from tests.conftest import ERP_TOKEN
+from tests.flows import book, create_posting, record_invoices
+
+CANCEL, COMPLETE, RETURN = "OUTWARD_ORDER_CANCEL", "OUTWARD_ORDER_COMPLETE", "RETURN_ORDER_COMPLETE"
+SKU_A = "460491724004"  # x2 at 1120.00 in the CREATE fixture
+WOULD_SEND = re.compile(r"DRY RUN would (POST|PUT|PATCH|DELETE) (\S+) key (\S+) body ")
+FLOWS = {
+    CANCEL: ErpOrderCancelOperator,
+    COMPLETE: ErpOrderCompleteOperator,
+    RETURN: ErpSalesReturnOperator,
+}
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def ledger_snapshot(ledger: Ledger) -> dict[str, list[tuple]]:
+    """Every row of every ledger table, in a stable order: equal snapshots mean nothing was written."""
+    meta = sa.MetaData()
+    meta.reflect(ledger.engine)
+    with ledger.engine.connect() as conn:
+        return {
+            name: sorted(tuple(map(repr, row)) for row in conn.execute(sa.select(table)).all())
+            for name, table in sorted(meta.tables.items())
+        }
+
+
+def erp_writes_and_documents(erp) -> dict:
+    """The ERP sandbox's documents and the write requests it answered (reads may come and go)."""
+    state = erp.state()
+    state["request_counts"] = {k: n for k, n in state["request_counts"].items() if not k.startswith("GET ")}
+    return state
+
+
+def logged_requests(text: str) -> list[tuple[str, str, str, str]]:
+    """The ERP requests a dry run logged: (method, endpoint, key, body) per ``DRY RUN would POST`` line, the body
+    exactly as logged (the JSON text; the log line goes on after it)."""
+    found = []
+    for line in text.splitlines():
+        match = WOULD_SEND.search(line)
+        if match:
+            _, end = json.JSONDecoder().raw_decode(line, match.end())
+            found.append((*match.groups(), line[match.end() : end]))
+    return found
+
+
+def _proxy_app(target: str, writes: list[tuple[str, str, str, str]]):
+    """A pass-through to ``target`` that records every write request exactly as it arrived."""
+    app = FastAPI()
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def forward(path: str, request: Request) -> Response:
+        body = await request.body()
+        if request.method != "GET":
+            writes.append((request.method, f"/{path}", request.headers.get("Idempotency-Key", "-"), body.decode()))
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "idempotency-key", "content-type")}
+        answer = requests.request(
+            request.method, f"{target}/{path}", params=request.query_params, data=body, headers=headers, timeout=10
+        )
+        return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
+
+    return app
+
+
+@pytest.fixture()
+def erp_wire(erp, monkeypatch):
+    """``erp_default`` through a recording proxy: yields the list of write requests the ERP really received."""
+    writes: list[tuple[str, str, str, str]] = []
+    with serve_in_thread(_proxy_app(erp.url, writes)) as proxy:
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", json.dumps({"conn_type": "http", "host": proxy.url, "password": ERP_TOKEN}))
+        yield writes
+
+
+@pytest.fixture()
+def any_ledger(ledger_url, monkeypatch) -> Ledger:
+    """This test's ledger on SQLite and on PostgreSQL; every operator of the test uses it."""
+    ledger = Ledger(ledger_url)
+    monkeypatch.setattr(Ledger, "from_conn_id", classmethod(lambda cls, conn_id=None: ledger))
+    return ledger
+
+
+def store_any(ledger: Ledger, *postings: dict) -> None:
+    """Store postings as the inbox does (a return under its returnOrderCode, for its forward order)."""
+    for p in postings:
+        assert ledger.record_posting(
+            message_id=str(p["messageId"]), event_type=p["eventType"], business_key=p.get("returnOrderCode") or p["orderCode"],
+            order_code=p.get("forwardOrderCode") or p["orderCode"], payload=p,
+        ) == "stored"
+
+
+def lifecycle(ledger: Ledger, erp) -> dict[str, dict]:
+    """Booked and invoiced orders with pending F3, F4 and F5 postings of every kind a run meets.
+
+    A: invoiced (IRN cancel); B: booked, its invoice held (sales-order cancel); C: never seen (cancelled before
+    booking); E: invoiced, one unit cancelled after e-invoicing (return order); F: invoiced, returned with one
+    unit passing QC and one failing; plus a completion and a return of an unknown order (dead letters).
+    """
+    a, b, c, e, f, x = (create_posting(960001 + n, f"FN00000096{n:02d}") for n in range(6))
+    erp.configure(invoice_hold=[b["orderCode"]])
+    book(ledger, a, b, e, f)
+    record_invoices(3)
+    store_any(
+        ledger,
+        cancel_posting(a, 961001), cancel_posting(b, 961002), cancel_posting(c, 961003),
+        complete_posting(e, 962001, cancelled_after_invoice={SKU_A: 1}), complete_posting(x, 962002),
+        return_posting(f, 963001, return_order_code="RTN-F", units=[(SKU_A, "PASS"), (SKU_A, "FAIL")]),
+        return_posting(x, 963002, return_order_code="RTN-X", units=[(SKU_A, "PASS")]),
+    )
+    return {"A": a, "B": b, "C": c, "E": e, "F": f, "X": x}
+
+
+def dry_run(event_type: str, capfd, **scope) -> tuple[dict, list[tuple[str, str, str, str]], str]:
+    """Run one flow's operator dry (no claim: it selects its postings itself): its summary, the requests it
+    logged and its log (task logs go to stdout outside a task runner)."""
+    capfd.readouterr()
+    summary = FLOWS[event_type](task_id="dry", batch_id=f"dry/{event_type}", dry_run=True, **scope).execute(context={})
+    log = capfd.readouterr().out
+    return summary, logged_requests(log), log
+
+
+def real_run(ledger: Ledger, event_type: str) -> Counter[str]:
+    """Claim and run one flow for real; the outcome of each posting of its batch, as a dry run names it."""
+    batch = f"real/{event_type}"
+    OmniInboxClaimOperator(task_id="claim", batch_id=batch, event_types=[event_type]).execute(context={})
+    try:
+        FLOWS[event_type](task_id="real", batch_id=batch).execute(context={})
+    except AirflowFailException:
+        pass  # red: the lifecycle has dead letters, which the outcomes show
+    return Counter(f"would_{p['outcome']}" for p in ledger.batch_postings(batch))
+
+
+def would_outcomes(summary: dict) -> Counter[str]:
+    return Counter({k: n for k, n in summary.items() if k.startswith("would_")})
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_dry_runs_change_nothing_and_log_exactly_what_the_real_runs_then_send(erp, erp_wire, any_ledger, capfd):
+    orders = lifecycle(any_ledger, erp)
+    ledger_before, erp_before = ledger_snapshot(any_ledger), erp_writes_and_documents(erp)
+    erp_wire.clear()
+
+    cancel, cancel_sent, _ = dry_run(CANCEL, capfd)
+    complete, complete_sent, complete_log = dry_run(COMPLETE, capfd)
+    returns, return_sent, return_log = dry_run(RETURN, capfd)
+
+    # Nothing written (every table, outbound_call included), nothing sent; the ERP has not heard of the run.
+    assert ledger_snapshot(any_ledger) == ledger_before
+    assert erp_writes_and_documents(erp) == erp_before
+    assert erp_wire == []
+    assert cancel == {
+        "batch_id": f"dry/{CANCEL}", "dry_run": True,
+        f"would_{CANCEL_IRN}": 1, f"would_{CANCEL_SALES_ORDER}": 1, f"would_{CANCEL_NOT_BOOKED}": 1,
+    }
+    assert complete == {
+        "batch_id": f"dry/{COMPLETE}", "dry_run": True, "would_return_order_created": 1, "would_dead_letter": 1,
+        "new_shipments": 1,
+    }
+    assert returns == {"batch_id": f"dry/{RETURN}", "dry_run": True, "would_booked": 1, "would_dead_letter": 1, "manual_units": 1}
+    a, b = (any_ledger.get_order(orders[name]["orderCode"]) for name in "AB")
+    assert sorted((e, k) for _, e, k, _ in cancel_sent) == sorted([
+        ("/api/v1/e-invoices/cancel-irn", f"cancel-irn:{a['erp_invoice_number']}"),  # A: its IRN and its sales order
+        (f"/api/v1/sales-orders/{a['erp_sales_order_id']}/cancel", f"cancel:{a['order_code']}"),
+        (f"/api/v1/sales-orders/{b['erp_sales_order_id']}/cancel", f"cancel:{b['order_code']}"),  # B: its sales order
+    ])
+    assert [(e, k) for _, e, k, _ in complete_sent + return_sent] == [
+        ("/api/v1/return-orders", f"return:PC-{orders['E']['orderCode']}-1"), ("/api/v1/return-orders", "return:RTN-F"),
+    ]
+    assert f"DRY RUN would dead-letter completion 962002 (order {orders['X']['orderCode']})" in complete_log
+    assert "DRY RUN would dead-letter return posting 963002 (RTN-X): forward order" in return_log
+    assert "DRY RUN would list unit RTN-F-2 (460491724004, QC FAIL) of return RTN-F for manual settlement" in return_log
+
+    # The real runs then do what the dry runs said, and send exactly those requests: method, endpoint, key and
+    # body byte for byte, as the ERP received them.
+    assert real_run(any_ledger, CANCEL) == would_outcomes(cancel)
+    assert real_run(any_ledger, COMPLETE) == would_outcomes(complete)
+    assert real_run(any_ledger, RETURN) == would_outcomes(returns)
+    assert Counter(erp_wire) == Counter(cancel_sent + complete_sent + return_sent)
+
+
+def test_order_codes_restrict_a_dry_run_to_those_orders(erp, ledger_path, capfd):
+    ledger = Ledger.sqlite(ledger_path)
+    orders = lifecycle(ledger, erp)
+    before = ledger_snapshot(ledger)
+    a, f = orders["A"]["orderCode"], orders["F"]["orderCode"]
+
+    cancel, cancel_sent, cancel_log = dry_run(CANCEL, capfd, order_codes=[a])
+    assert cancel == {"batch_id": f"dry/{CANCEL}", "dry_run": True, f"would_{CANCEL_IRN}": 1}
+    assert {json.loads(body).get("invoiceNumber") for _, _, _, body in cancel_sent} == {
+        ledger.get_order(a)["erp_invoice_number"], None,  # the IRN cancel names A's invoice; the sales-order cancel has no body
+    }
+    assert orders["B"]["orderCode"] not in cancel_log and orders["C"]["orderCode"] not in cancel_log
+
+    # A return is selected by its forward order or by its return order code.
+    for codes in ([f], ["RTN-F"]):
+        returns, return_sent, _ = dry_run(RETURN, capfd, order_codes=codes)
+        assert would_outcomes(returns) == {"would_booked": 1}
+        assert [k for _, _, k, _ in return_sent] == ["return:RTN-F"]
+    nothing, sent, _ = dry_run(COMPLETE, capfd, order_codes=["FN-NOT-THERE"])
+    assert (nothing, sent) == ({"batch_id": f"dry/{COMPLETE}", "dry_run": True}, [])
+    assert ledger_snapshot(ledger) == before
