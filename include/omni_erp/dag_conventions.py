@@ -56,6 +56,8 @@ def default_args() -> dict[str, Any]:
         "order_codes": "{{ params.order_codes | default([], true) | tojson }}",
         "window": "{{ data_interval_start.isoformat() ~ '/' ~ data_interval_end.isoformat() "
         "if dag_run.run_type == 'backfill' and data_interval_start else '' }}",
+        # The batch size, so a dry run's tasks select what the claim would take ('' where the DAG has none).
+        "limit": "{{ params.limit | default('') }}",
     }
 
 
@@ -81,7 +83,9 @@ def params(flow: str, *, claims: str | None = None, feed: str | None = None, sha
         ),
         "order_codes": Param(
             [], type="array", title="Only these orders",
-            items={"type": "string", "minLength": 1, "maxLength": MAX_ORDER_CODE_LENGTH, "pattern": r"^\S(.*\S)?$"},
+            # No blank at either end and no control character anywhere (\S alone lets a tab or BEL through).
+            items={"type": "string", "minLength": 1, "maxLength": MAX_ORDER_CODE_LENGTH,
+                   "pattern": r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"},
             maxItems=MAX_ORDER_CODES, uniqueItems=True,
             description=f"Reprocess only these Ajio order codes (one per line), including postings that were "
             f"dead-lettered and uploads Omni rejected, once the cause is fixed: the inbox kept the raw posting and "

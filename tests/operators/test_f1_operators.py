@@ -46,7 +46,7 @@ def _run_f1(**create_kwargs):
 def test_f1_books_orders_and_xcom_holds_only_ids_and_counts(erp, ledger):
     store(ledger, _posting(1, "FN0000000001"), _posting(2, "FN0000000002"))
     claim, mapped, created = _run_f1()
-    assert claim == {"batch_id": BATCH, "claimed": 2, "by_event_type": {CREATE: 2}, "retried": 0}
+    assert claim == {"batch_id": BATCH, "claimed": 2, "by_event_type": {CREATE: 2}, "retried": 0, "replayed": 0}
     assert mapped == {"batch_id": BATCH, "mapped": 2}
     assert created == {"batch_id": BATCH, "booked": 2}
     for summary in (claim, mapped, created):

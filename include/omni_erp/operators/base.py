@@ -157,9 +157,11 @@ class LedgerOperator(BaseOperator):
         list or one code per line).
     :param window: ``"<start>/<end>"`` (ISO 8601): only work received or recorded in it (templated; the DAGs
         pass a backfill run's data interval, nothing otherwise).
+    :param limit: the run's batch size (templated; the DAGs pass their ``limit`` param, '' where they have
+        none): a dry run selects as many postings as the claim would take (``dry_run_limit``).
     """
 
-    template_fields: tuple[str, ...] = ("batch_id", "dry_run", "order_codes", "window")
+    template_fields: tuple[str, ...] = ("batch_id", "dry_run", "order_codes", "window", "limit")
     ui_color = "#e8f0fe"
 
     def __init__(
@@ -171,10 +173,12 @@ class LedgerOperator(BaseOperator):
         dry_run: bool | str = False,
         order_codes: list[str] | str | None = None,
         window: str | None = None,
+        limit: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.batch_id = batch_id
+        self.limit = limit
         self.ledger_conn_id = ledger_conn_id
         self.lease_minutes = lease_minutes
         self.dry_run = dry_run
@@ -215,6 +219,8 @@ class LedgerOperator(BaseOperator):
         ends, and if the outage lasts, the next ledger write of the work itself fails the task, as any
         ledger outage does.
         """
+        if self.scope.dry_run:
+            return  # a dry run holds nothing and writes nothing
         lease, at = self.lease, now()
         with self._lease_lock:  # worker threads call it too: one of them renews, the others go on
             last = self._lease_renewed_at
@@ -243,8 +249,19 @@ class LedgerOperator(BaseOperator):
         return [p for p in selected if shards == 1 or p.id % shards == shard]
 
     def dry_run_limit(self) -> int:
-        """How many postings a dry run looks at: the run's batch size (``limit`` param) where the task has one."""
-        return int(getattr(self, "limit", None) or 500)
+        """How many postings a dry run looks at: the run's batch size (``limit``), 500 (the form's default) without one.
+
+        :raises ValueError: a ``limit`` that is not a whole number of at least 1.
+        """
+        if self.limit is None or str(self.limit).strip() == "":
+            return 500
+        try:
+            limit = int(str(self.limit).strip())
+        except ValueError:
+            raise ValueError(f"limit must be a whole number of at least 1, got {self.limit!r}") from None
+        if limit < 1:
+            raise ValueError(f"limit must be a whole number of at least 1, got {self.limit!r}")
+        return limit
 
     def in_flight_limit(self) -> int:
         """How many items ``process_each`` handles at once: one here (ledger-only work gains nothing from
@@ -267,8 +284,11 @@ class LedgerOperator(BaseOperator):
         While ``process_each`` runs, attempts are written a page at a time (``ATTEMPT_PAGE_ROWS`` or
         ``ATTEMPT_PAGE_S``; ``Ledger.record_calls``) - the audit of calls, not a state change: a task killed
         mid-page loses at most that page's rows, never a booking (idempotency keys and each item's own
-        transaction carry exactly-once). Outside it, each attempt is written at once.
+        transaction carry exactly-once). Outside it, each attempt is written at once. A dry run records
+        nothing, its read-only calls included.
         """
+        if self.scope.dry_run:
+            return
         row = {
             "system": attempt.system,
             "operation": attempt.operation,

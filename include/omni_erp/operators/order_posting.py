@@ -1,12 +1,20 @@
-"""Operators that book Omni postings in the seller's ERP (F1: OUTWARD_ORDER_CREATE -> sales order)."""
+"""Operators that book Omni postings in the seller's ERP (F1: OUTWARD_ORDER_CREATE -> sales order).
+
+Both work on the postings of their run (``postings_of_this_run``): the batch the claim took or, in a dry run,
+what a claim would take now. A dry run goes through the same rules and logs, per posting, what would be
+recorded and the exact ERP request that would be sent (``plan_posting``); it writes and sends nothing.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import LedgerConflictError, PayloadError, RemoteRejectedError
-from omni_erp.operators.base import ErpOperator, LedgerOperator
+from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.dry_run import DRY_RUN, WOULD_DEAD_LETTER, DryRunErpOperator
 from omni_erp.states import (
     ORDER_BOOKED,
     ORDER_CANCELLED,
@@ -19,7 +27,73 @@ from omni_erp.states import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from omni_erp.ledger import Ledger
     from omni_erp.ledger.repo import ClaimedPosting
+    from omni_erp.rules.order_posting import PlannedSalesOrder
+
+WOULD_BOOK = "would_book"
+
+
+@dataclass(frozen=True)
+class PostingPlan:
+    """What F1 would do now with one CREATE posting (a dry run's reading of the rules both tasks apply).
+
+    :param outcome: ``would_book``, ``would_dead_letter`` or ``would_close_<outcome>`` (the posting closed
+        without an ERP call, with the outcome a real run records).
+    :param detail: the reason or the state, for the log.
+    :param request: the ERP sales-order request that would be sent (``would_book`` only).
+    :param registered: True when the order is registered already and its stored request would be sent as is.
+    """
+
+    outcome: str
+    detail: str
+    request: dict[str, Any] | None = None
+    registered: bool = False
+
+
+def plan_posting(ledger: Ledger, posting: ClaimedPosting, *, po_path: str | None) -> PostingPlan:
+    """What mapping and booking would do with ``posting`` now, read only: the same rules in the same order.
+
+    The request of an order registered earlier (``ready_to_book``) is the one stored then - it is what a retry
+    re-sends under the same key; an order the ERP rejected is mapped again from the posting, as a replay does.
+    """
+    from omni_erp.models.omni import OutwardOrderPosting
+    from omni_erp.rules.order_posting import plan_sales_order
+
+    try:
+        plan = plan_sales_order(OutwardOrderPosting.model_validate(posting.payload), posting.payload, po_path=po_path)
+    except (PayloadError, ValueError) as exc:
+        return PostingPlan(WOULD_DEAD_LETTER, _mapping_problem(exc))
+    known = ledger.get_order(plan.order_code)
+    if known is None:
+        if plan.request is None:
+            return PostingPlan(f"would_close_{ORDER_NOTHING_TO_INVOICE}", "every unit was cancelled before posting")
+        return PostingPlan(WOULD_BOOK, f"new order, PO {plan.po_number}", plan.request.to_json_dict())
+    if known["state"] == ORDER_CANCELLED and known["create_message_id"] is None:
+        return PostingPlan("would_close_cancelled_before_booking", "the cancellation arrived first")
+    if known["create_message_id"] != posting.message_id:
+        return PostingPlan("would_close_duplicate_order", f"order received before in posting {known['create_message_id']}")
+    if known["state"] == ORDER_REJECTED:
+        if plan.request is None:
+            return PostingPlan(f"would_close_{ORDER_NOTHING_TO_INVOICE}", "rejected by the ERP before; now nothing to invoice")
+        return PostingPlan(WOULD_BOOK, f"rejected by the ERP before, mapped again, PO {plan.po_number}", plan.request.to_json_dict())
+    if known["erp_sales_order_id"]:
+        return PostingPlan("would_close_already_booked", f"booked as ERP order {known['erp_sales_order_id']}")
+    if known["state"] == ORDER_READY:
+        return PostingPlan(WOULD_BOOK, f"registered before, PO {known['po_number']}", known["erp_request"], registered=True)
+    if known["state"] == ORDER_NOTHING_TO_INVOICE:
+        return PostingPlan(f"would_close_{ORDER_NOTHING_TO_INVOICE}", "registered before with nothing to invoice")
+    return PostingPlan(f"would_close_not_booked_{known['state']}", f"order is {known['state']}")
+
+
+def _mapping_problem(exc: Exception) -> str:
+    """The dead-letter reason of a posting that cannot be mapped (the same text in a real and a dry run)."""
+    return str(exc) if isinstance(exc, PayloadError) else f"invalid posting: {exc}"
+
+
+def _json(body: Any) -> str:
+    """A request body for the log, as the HTTP client serialises it."""
+    return json.dumps(body, allow_nan=False)
 
 
 class ErpSalesOrderMapOperator(LedgerOperator):
@@ -29,6 +103,14 @@ class ErpSalesOrderMapOperator(LedgerOperator):
     reason; an order with nothing left to invoice is recorded and closed without an ERP call; a
     second CREATE for an order we already have (re-delivery under a new messageId) is closed as a
     duplicate.
+
+    A replayed posting (``order_codes`` or a backfill took it from the dead letters) goes through the same
+    rules; if the ERP had rejected its order, the order is mapped again from the posting (the cause may have
+    been the mapping) and booked again under the same key - the ERP booked nothing for a rejected request.
+    An order booked already is never booked again.
+
+    In a dry run each posting's outcome is logged (``DRY RUN would ...``), with the exact ERP request of
+    each order it would book; nothing is recorded.
 
     :param po_path: dotted path of the Ajio PO number in the posting (templated); defaults to
         ``$OMNI_ERP_PO_PATH`` or ``orderCustomAttributes.attribute1``.
@@ -41,12 +123,33 @@ class ErpSalesOrderMapOperator(LedgerOperator):
         self.po_path = po_path
 
     def execute(self, context: Context) -> dict[str, Any]:
-        return self.process_each(
-            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CREATE]),
-            self._map_one,
-            defer=self.defer_posting,
-            give_up=self.dead_letter_posting,
-        )
+        postings = self.postings_of_this_run([settings.EVENT_CREATE])
+        if self.scope.dry_run:
+            summary = self.process_each(postings, self._map_dry, defer=self._would_defer, give_up=self._would_dead_letter)
+            return _dry_run_summary(self, summary)
+        return self.process_each(postings, self._map_one, defer=self.defer_posting, give_up=self.dead_letter_posting)
+
+    def _map_dry(self, posting: ClaimedPosting) -> str:
+        plan = plan_posting(self.ledger, posting, po_path=self.po_path)
+        replay = " (replaying the dead-lettered posting)" if posting.replayed else ""
+        if plan.outcome == WOULD_DEAD_LETTER:
+            self.log.info("%s would dead-letter posting %s (order %r)%s: %s", DRY_RUN, posting.message_id,
+                          posting.order_code, replay, plan.detail)
+        elif plan.outcome == WOULD_BOOK:
+            self.log.info("%s would %s order %r from posting %s%s (%s) and book it with ERP sales-order request %s",
+                          DRY_RUN, "keep" if plan.registered else "register", posting.order_code, posting.message_id,
+                          replay, plan.detail, _json(plan.request))
+        else:
+            self.log.info("%s would close posting %s (order %r)%s without booking: %s (%s)", DRY_RUN, posting.message_id,
+                          posting.order_code, replay, plan.outcome.removeprefix("would_close_"), plan.detail)
+        return plan.outcome
+
+    def _would_defer(self, posting: ClaimedPosting, reason: str) -> None:
+        self.log.info("%s would put posting %s (order %r) back in the queue: %s", DRY_RUN, posting.message_id,
+                      posting.order_code, reason)
+
+    def _would_dead_letter(self, posting: ClaimedPosting, reason: str) -> None:
+        self.log.info("%s would dead-letter posting %s (order %r): %s", DRY_RUN, posting.message_id, posting.order_code, reason)
 
     def _map_one(self, posting: ClaimedPosting) -> str:
         from omni_erp.models.omni import OutwardOrderPosting
@@ -57,7 +160,7 @@ class ErpSalesOrderMapOperator(LedgerOperator):
             model = OutwardOrderPosting.model_validate(posting.payload)
             plan = plan_sales_order(model, posting.payload, po_path=self.po_path)
         except (PayloadError, ValueError) as exc:
-            reason = str(exc) if isinstance(exc, PayloadError) else f"invalid posting: {exc}"
+            reason = _mapping_problem(exc)
             ledger.dead_letter_posting(
                 posting.message_id, stage=STAGE_ORDER_POSTING, reason=reason, business_key=posting.order_code, batch_id=batch
             )
@@ -78,6 +181,8 @@ class ErpSalesOrderMapOperator(LedgerOperator):
                 posting.message_id,
             )
             return "duplicate_order"
+        if known is not None and known["state"] == ORDER_REJECTED:
+            return self._map_again(posting, plan)
 
         state = ORDER_READY if plan.request is not None else ORDER_NOTHING_TO_INVOICE
         with ledger.transaction():  # the order and its closed posting land together
@@ -95,8 +200,36 @@ class ErpSalesOrderMapOperator(LedgerOperator):
                 return ORDER_NOTHING_TO_INVOICE
         return "mapped"
 
+    def _map_again(self, posting: ClaimedPosting, plan: PlannedSalesOrder) -> str:
+        """A replayed posting whose order the ERP rejected: record the order as mapped now, ready to book again.
 
-class ErpSalesOrderCreateOperator(ErpOperator):
+        The ERP booked nothing for a rejected request, so the order may go again under its key with the
+        request the rules give today (the rejection's cause may have been the mapping, e.g. the PO path). A
+        compare-and-set on ``rejected_by_erp``: if the order changed meanwhile, nothing is written and the
+        posting is deferred with the reason.
+        """
+        ledger, batch = self.ledger, self.batch_id
+        state = ORDER_READY if plan.request is not None else ORDER_NOTHING_TO_INVOICE
+        with ledger.transaction():
+            if not ledger.update_order_if(
+                plan.order_code,
+                expected_state=ORDER_REJECTED,
+                state=state,
+                po_number=plan.po_number,
+                lines=json.dumps(plan.lines, default=str),
+                total_amount=plan.total_amount,
+                erp_request=json.dumps(plan.request.to_json_dict(), default=str) if plan.request else None,
+            ):
+                raise LedgerConflictError(f"order {plan.order_code!r} changed while being mapped again")
+            if state == ORDER_NOTHING_TO_INVOICE:
+                ledger.finish_posting(posting.message_id, outcome=ORDER_NOTHING_TO_INVOICE, batch_id=batch)
+        self.log.warning(
+            "Order %r was rejected by the ERP before; posting %s mapped again (%s)", plan.order_code, posting.message_id, state
+        )
+        return ORDER_NOTHING_TO_INVOICE if state == ORDER_NOTHING_TO_INVOICE else "mapped_again"
+
+
+class ErpSalesOrderCreateOperator(DryRunErpOperator):
     """Book the batch's mapped orders in the ERP, idempotently, and record the ERP ids.
 
     Each order is sent with the key ``create:<orderCode>`` (``keys.create_sales_order``) and the body
@@ -114,13 +247,17 @@ class ErpSalesOrderCreateOperator(ErpOperator):
     books only its shard's part of the batch (postings with ``id % shards == shard``), so Celery spreads
     the run's bookings over its workers; a retried shard works the same part again.
 
+    In a dry run each order it would book is logged with the exact request the ERP adapter would send and its
+    idempotency key (``DRY RUN would POST <endpoint> key create:<orderCode> body {...}``): the stored request
+    for an order mapped earlier, else the one the rules give now (``plan_posting``). Nothing is sent or recorded.
+
     :param erp_conn_id: connection of the ERP.
     :param max_consecutive_unavailable: stop calling an ERP that failed this many orders in a row.
     :param shard: the shard this task books (0-based; given by ``expand``).
     :param shards: how many shards the batch is split into (templated; 1 = the whole batch).
     """
 
-    template_fields = (*ErpOperator.template_fields, "shards")
+    template_fields = (*DryRunErpOperator.template_fields, "shards")
 
     def __init__(self, *, shard: int = 0, shards: int | str = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -131,13 +268,27 @@ class ErpSalesOrderCreateOperator(ErpOperator):
         from omni_erp.operators.shards import parse_shards
 
         shards = parse_shards(self.shards)
-        return self.process_each(
-            self.ledger.iter_claimed_postings(self.batch_id, [settings.EVENT_CREATE], shard=int(self.shard), shards=shards),
-            self._book_one,
+        summary = self.process_each(
+            self.postings_of_this_run([settings.EVENT_CREATE], shard=int(self.shard), shards=shards),
+            self._book_dry if self.scope.dry_run else self._book_one,
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,
             max_consecutive_unavailable=self.max_consecutive_unavailable,
         )
+        return self.dry_run_summary(summary) if self.scope.dry_run else summary
+
+    def _book_dry(self, posting: ClaimedPosting) -> str:
+        from omni_erp.models.erp import SalesOrderRequest
+
+        plan = plan_posting(self.ledger, posting, po_path=None)
+        if plan.outcome == "would_close_already_booked":
+            return "already_booked"
+        if plan.outcome != WOULD_BOOK:
+            return "skipped"  # mapping would close or dead-letter it (its log says so): nothing to book
+        request = SalesOrderRequest.model_validate(plan.request)
+        key = keys.create_sales_order(request.order_code)
+        self.would_send(lambda: self.erp.create_sales_order(request, idempotency_key=key))
+        return WOULD_BOOK
 
     def _book_one(self, posting: ClaimedPosting) -> str:
         from omni_erp.models.erp import SalesOrderRequest
@@ -238,3 +389,10 @@ class ErpSalesOrderCreateOperator(ErpOperator):
             posting.order_code, sales_order_id, reopened,
         )
         return "booked_while_cancelled"
+
+
+def _dry_run_summary(operator: LedgerOperator, summary: dict[str, Any]) -> dict[str, Any]:
+    """A dry run's XCom summary: ``dry_run: true`` with the counts, logged with a reminder."""
+    summary = {**summary, "dry_run": True}
+    operator.log.info("%s of %s: nothing was sent or recorded. Summary: %s", DRY_RUN, operator.task_id, summary)
+    return summary

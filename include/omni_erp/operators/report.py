@@ -35,6 +35,10 @@ class LedgerBatchReportOperator(LedgerOperator):
     when any item of the batch was deferred (posting back in the queue), dead-lettered, or is an ERP
     document that could not be matched or uploaded.
 
+    In a dry run it releases and reads nothing of a batch (there is none): it says "dry run: nothing was sent
+    or recorded", logs and returns what each upstream task would have done (their XCom summaries), and fails
+    only when an upstream task failed.
+
     :param fail_on_unfinished: fail when items of the batch were deferred, dead-lettered or failed.
     :param show_rms_waiting: also list the returns waiting for their Increff RMS credit note, with their age (issue 12).
     """
@@ -45,6 +49,8 @@ class LedgerBatchReportOperator(LedgerOperator):
         self.show_rms_waiting = show_rms_waiting
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if self.scope.dry_run:
+            return self._dry_run_report(context)
         released = self.ledger.release_unfinished(self.batch_id, error="the run ended before this posting was processed")
         if released:
             self.log.warning("Released %d posting(s) this run did not finish; the next run takes them", released)
@@ -80,6 +86,31 @@ class LedgerBatchReportOperator(LedgerOperator):
             "documents": len(documents),
             "by_outcome": dict(sorted(counts.items())),
         }
+
+    def _dry_run_report(self, context: Context) -> dict[str, Any]:
+        """The report of a dry run: the upstream tasks' summaries; no ledger access at all."""
+        tasks = self._upstream_summaries(context)
+        self.log.info("dry run: nothing was sent or recorded. What this run would have done, by task:")
+        for task_id, summary in tasks.items():
+            self.log.info("  %s: %s", task_id, summary)
+        problems = self._failed_tasks(context)
+        if problems:
+            raise AirflowFailException("dry run: " + "; ".join(problems))
+        return {"batch_id": self.batch_id, "dry_run": True, "tasks": tasks}
+
+    def _upstream_summaries(self, context: Context) -> dict[str, Any]:
+        """Each upstream task's XCom summary (a mapped task's: one per map index, in order); empty outside a run."""
+        ti = context.get("ti")
+        if ti is None:
+            return {}
+        summaries: dict[str, Any] = {}
+        for task_id in sorted(self.get_flat_relative_ids(upstream=True)):
+            value = ti.xcom_pull(task_ids=task_id)
+            if value is None or isinstance(value, dict):
+                summaries[task_id] = value
+            else:  # a mapped task: its values, one per map index
+                summaries[task_id] = list(value)
+        return summaries
 
     def _failed_tasks(self, context: Context) -> list[str]:
         """"task(s) X failed in this run", read from Airflow (the report runs after every other task)."""
