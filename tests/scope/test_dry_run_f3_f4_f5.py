@@ -226,3 +226,59 @@ def test_order_codes_restrict_a_dry_run_to_those_orders(erp, ledger_path, capfd)
     nothing, sent, _ = dry_run(COMPLETE, capfd, order_codes=["FN-NOT-THERE"])
     assert (nothing, sent) == ({"batch_id": f"dry/{COMPLETE}", "dry_run": True}, [])
     assert ledger_snapshot(ledger) == before
+
+
+# --- the DAGs, with dag.test() ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_cancellation_dag_dry_run_for_one_order_then_the_real_run_sends_what_it_logged(erp, erp_wire, ledger_path, run_dag, capfd):
+    ledger = Ledger.sqlite(ledger_path)
+    a, b = create_posting(964001, "FN0000009701"), create_posting(964002, "FN0000009702")
+    book(ledger, a, b)
+    record_invoices(2)
+    store_any(ledger, cancel_posting(a, 964101), cancel_posting(b, 964102))
+    before, erp_before = ledger_snapshot(ledger), erp_writes_and_documents(erp)
+    erp_wire.clear()
+    dag = run_dag("omni_order_cancellation")
+
+    capfd.readouterr()
+    dry = dag(dry_run=True, order_codes=[a["orderCode"]])
+    dry_log = capfd.readouterr().out
+    assert dry.state == "success"
+    assert dag.xcom(dry, "cancel_orders") == {"batch_id": f"omni_order_cancellation/{dry.run_id}", "dry_run": True, f"would_{CANCEL_IRN}": 1}
+    assert (ledger_snapshot(ledger), erp_writes_and_documents(erp), erp_wire) == (before, erp_before, [])
+    logged = logged_requests(dry_log)
+    assert sorted(k for _, _, k, _ in logged) == sorted([f"cancel:{a['orderCode']}", f"cancel-irn:{ledger.get_order(a['orderCode'])['erp_invoice_number']}"])
+
+    real = dag(order_codes=[a["orderCode"]])
+    assert real.state == "success"
+    assert Counter(erp_wire) == Counter(logged)
+    assert ledger.get_order(a["orderCode"])["cancel_route"] == CANCEL_IRN
+    assert ledger.get_order(b["orderCode"])["cancel_route"] is None  # not in the run's order codes: untouched
+
+
+@pytest.mark.integration
+def test_return_dag_dry_run_changes_nothing_in_the_ledger_the_erp_or_omni(erp, omni, erp_wire, ledger_path, run_dag, capfd):
+    ledger = Ledger.sqlite(ledger_path)
+    f = create_posting(965001, "FN0000009801")
+    book(ledger, f)
+    record_invoices(1)
+    store_any(ledger, return_posting(f, 965101, return_order_code="RTN-9801", units=[(SKU_A, "PASS"), (SKU_A, "FAIL")]))
+    before, erp_before, omni_before = ledger_snapshot(ledger), erp_writes_and_documents(erp), omni.state()
+    erp_wire.clear()
+    dag = run_dag("omni_return_credit_note")
+
+    capfd.readouterr()
+    dry = dag(dry_run=True)
+    dry_log = capfd.readouterr().out
+    assert dry.state == "success"
+    assert dag.xcom(dry, "create_return_orders") == {
+        "batch_id": f"omni_return_credit_note/{dry.run_id}", "dry_run": True, "would_booked": 1, "manual_units": 1,
+    }
+    assert (ledger_snapshot(ledger), erp_writes_and_documents(erp), omni.state(), erp_wire) == (before, erp_before, omni_before, [])
+    logged = logged_requests(dry_log)
+    assert [k for _, _, k, _ in logged] == ["return:RTN-9801"]
+
+    assert dag().state == "success"
+    assert [w for w in erp_wire if "return-orders" in w[1]] == logged
