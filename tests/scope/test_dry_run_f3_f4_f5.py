@@ -23,7 +23,7 @@ from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator
 from omni_erp.sandbox.lifecycle import cancel_posting, complete_posting, return_posting
 from omni_erp.sandbox.serve import serve_in_thread
-from omni_erp.states import CANCEL_IRN, CANCEL_NOT_BOOKED, CANCEL_SALES_ORDER
+from omni_erp.states import CANCEL_IRN, CANCEL_NOT_BOOKED, CANCEL_SALES_ORDER, RETURN_CUSTOMER, RETURN_READY
 from tests.conftest import ERP_TOKEN
 from tests.flows import book, create_posting, record_invoices
 
@@ -226,6 +226,35 @@ def test_order_codes_restrict_a_dry_run_to_those_orders(erp, ledger_path, capfd)
     nothing, sent, _ = dry_run(COMPLETE, capfd, order_codes=["FN-NOT-THERE"])
     assert (nothing, sent) == ({"batch_id": f"dry/{COMPLETE}", "dry_run": True}, [])
     assert ledger_snapshot(ledger) == before
+
+
+def test_one_odd_posting_does_not_stop_a_dry_run(erp, erp_wire, ledger_path, capfd):
+    # G's return order was registered by a run that died before booking it, with a request that no longer
+    # validates (an older release's shape): resending it fails unexpectedly. F's return is fine.
+    ledger = Ledger.sqlite(ledger_path)
+    f, g = create_posting(966001, "FN0000009901"), create_posting(966002, "FN0000009902")
+    book(ledger, f, g)
+    record_invoices(2)
+    ledger.register_return_order(
+        return_order_code="RTN-G", order_code=g["orderCode"], kind=RETURN_CUSTOMER, state=RETURN_READY,
+        lines=[], erp_request={"returnOrderCode": "RTN-G", "lines": "unreadable"}, message_id="966102",
+    )
+    store_any(
+        ledger,
+        return_posting(g, 966102, return_order_code="RTN-G", units=[(SKU_A, "PASS")]),
+        return_posting(f, 966101, return_order_code="RTN-F", units=[(SKU_A, "PASS")]),
+    )
+    before = ledger_snapshot(ledger)
+    erp_wire.clear()
+
+    capfd.readouterr()
+    with pytest.raises(AirflowFailException, match=r"1 item\(s\) deferred of 2"):
+        ErpSalesReturnOperator(task_id="dry", batch_id="dry/odd", dry_run=True).execute(context={})
+    log = capfd.readouterr().out
+    # G is reported as the real run would treat it (back to the queue with the error); F is still worked out.
+    assert "DRY RUN would put posting 966102 (order FN0000009902) back in the queue: unexpected error: ValidationError" in log
+    assert [k for _, _, k, _ in logged_requests(log)] == ["return:RTN-F"]
+    assert (ledger_snapshot(ledger), erp_wire) == (before, [])
 
 
 # --- the DAGs, with dag.test() ------------------------------------------------------------------------
