@@ -8,6 +8,8 @@ import base64
 import hashlib
 import json
 import re
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,9 +19,12 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from omni_erp.hooks.erp import ErpHook
 from omni_erp.ledger import Ledger
 from omni_erp.ledger import tables as t
 from omni_erp.ledger.rms import RMS_REPORTED, RMS_TO_REPORT
+from omni_erp.models.erp import DocumentLine, ReturnOrderRequest
+from omni_erp.operators.credit_notes import ErpCreditNoteFetchOperator, OmniCreditNoteUploadOperator
 from omni_erp.operators.invoice_upload import ErpEInvoiceFetchOperator, OmniInvoiceUploadOperator
 from omni_erp.operators.rms import RmsReturnReportOperator
 from omni_erp.states import (
@@ -44,6 +49,7 @@ from tests.secret_scan import database_rows
 DAG_ID = "erp_invoice_upload"
 WOULD_POST = re.compile(r"DRY RUN would POST (\S+) key (\S+) body (\{.*?\})(?:\s*$|\"|\s)", re.M)
 INVOICE_ENDPOINT = "/ajio-vms/b2bInvoice/posting"
+SKU_A = "460491724004"  # x2 at 1120.00 in the CREATE fixture
 ALL_STATES = (
     DOC_READY, DOC_UPLOADED, DOC_UPLOAD_FAILED, DOC_UNMATCHED, DOC_MISMATCH, DOC_SKIPPED, DOC_KEPT_IN_ERP, DOC_INVALID
 )
@@ -245,6 +251,68 @@ def test_a_dry_run_with_pdfs_logs_each_pdf_by_size_and_hash_never_its_content(er
     pdf = base64.b64decode(sent.pop("invoicePdf"))
     assert _as_logged(sent) == logged and (len(pdf), hashlib.sha256(pdf).hexdigest()) == (int(size), digest)
     assert base64.b64encode(pdf).decode()[:40] not in out
+
+
+def _erp_return(ledger: Ledger, invoice: dict, code: str, *, known: bool) -> None:
+    """One unit of ``invoice`` returned in the ERP (which raises its credit note); ``known``: F5 registered it."""
+    request = ReturnOrderRequest(
+        returnOrderCode=code, orderCode=invoice["orderCode"], invoiceNumber=invoice["invoiceNumber"], reason="SIZE_ISSUE",
+        lines=[DocumentLine(sku=SKU_A, quantity=1, unitPrice=Decimal("1120.00"))],
+    )
+    ErpHook().create_return_order(request, idempotency_key=f"return:{code}")
+    if known:
+        ledger.register_return_order(
+            return_order_code=code, order_code=invoice["orderCode"], kind=RETURN_CUSTOMER, state=RETURN_BOOKED,
+            lines=[{"sku": SKU_A, "quantity": 1}], erp_request=request.to_json_dict(),
+        )
+
+
+def _wait_for_credit_notes(count: int) -> list:
+    deadline = time.monotonic() + 30
+    while len(notes := ErpHook().credit_notes_since(0, limit=500).items) < count:
+        assert time.monotonic() < deadline, f"the ERP did not publish {count} credit note(s)"
+        time.sleep(0.05)
+    return notes
+
+
+def test_f6_dry_runs_predict_the_feed_and_the_upload_of_one_return(erp, omni, scoped_ledger, ledger_url, capfd):
+    ledger = scoped_ledger
+    book(ledger, create_posting(1, "FN0000000001"), create_posting(2, "FN0000000002"))
+    wait_for_einvoices(2)
+    ErpEInvoiceFetchOperator(task_id="fetch", batch_id="setup/fetch").execute(context={})
+    invoices = {i["orderCode"]: i for i in erp.state()["invoices"]}
+    _erp_return(ledger, invoices["FN0000000001"], "RTN-1", known=True)
+    _erp_return(ledger, invoices["FN0000000001"], "RTN-2", known=False)  # not in the ledger: unmatched
+    _erp_return(ledger, invoices["FN0000000002"], "RTN-3", known=True)
+    _wait_for_credit_notes(3)
+    before = database_rows(ledger_url)
+    fetch = ErpCreditNoteFetchOperator(task_id="fetch_credit_notes", batch_id="test/f6")
+    capfd.readouterr()
+
+    dry = ErpCreditNoteFetchOperator(task_id="fetch_credit_notes", batch_id="test/f6", dry_run=True).execute(context={})
+
+    out = capfd.readouterr().out
+    assert database_rows(ledger_url) == before
+    assert (dry["dry_run"], dry["would_record"], dry["would_dead_letter"], dry["cursor"]) == (True, 3, 1, 0)
+    assert "return order RTN-1 would get credit note" in out and "DRY RUN would dead-letter credit note" in out
+    with pytest.raises(Exception, match="no return order RTN-2 in the ledger"):
+        fetch.execute(context={})  # the real run records what the dry run said, and is red for the unmatched one
+    recorded = Counter(d["state"] for d in ledger.documents(DOC_CREDIT_NOTE))
+    assert recorded == {k: dry[k] for k in (DOC_READY, DOC_UNMATCHED)} == {DOC_READY: 2, DOC_UNMATCHED: 1}
+
+    before, omni_before = database_rows(ledger_url), omni.state()
+    upload = {"task_id": "upload_credit_notes", "batch_id": "test/f6", "order_codes": ["RTN-1"]}
+    capfd.readouterr()
+    assert OmniCreditNoteUploadOperator(dry_run=True, **upload).execute(context={})["would_upload"] == 1
+    logged = _logged_posts(capfd.readouterr().out)
+    assert database_rows(ledger_url) == before and omni.state() == omni_before
+
+    assert OmniCreditNoteUploadOperator(**upload).execute(context={})[DOC_UPLOADED] == 1
+
+    [sent] = omni.state()["credit_notes"]
+    assert logged == {f"credit_note:{sent['body']['creditNoteNumber']}": ("/ajio-vms/creditNote/posting", _as_logged(sent["body"]))}
+    assert sent["body"]["returnOrderId"] == "RTN-1"
+    assert ledger.documents(DOC_CREDIT_NOTE, order_code="FN0000000002")[0]["state"] == DOC_READY  # RTN-3: not in scope
 
 
 # --- erp_invoice_upload with dag.test(): dry run, then the real run ------------------------------------------
