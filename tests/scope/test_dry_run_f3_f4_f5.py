@@ -257,6 +257,36 @@ def test_one_odd_posting_does_not_stop_a_dry_run(erp, erp_wire, ledger_path, cap
     assert (ledger_snapshot(ledger), erp_wire) == (before, [])
 
 
+def test_a_dry_run_logs_the_adapters_own_request_erpnext(ledger_path, fast_retries, monkeypatch, capfd):
+    # ERPNext reads the sales order first (a GET, which a dry run may send) and cancels it through a Frappe
+    # method: the logged request is ERPNext's, not the generic contract's. No e-invoice comes (a long delay).
+    from omni_erp.sandbox.erpnext import create_erpnext_sandbox
+
+    writes: list[tuple[str, str, str, str]] = []
+    with (
+        serve_in_thread(create_erpnext_sandbox(api_key="k", api_secret="s3cr3t", invoice_delay_s=3600)) as site,
+        serve_in_thread(_proxy_app(site.url, writes)) as proxy,
+    ):
+        conn = {"conn_type": "erpnext", "host": proxy.url, "login": "k", "password": "s3cr3t"}
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", json.dumps(conn))
+        ledger = Ledger.sqlite(ledger_path)
+        h = create_posting(967001, "FN0000009951")
+        book(ledger, h)
+        store_any(ledger, cancel_posting(h, 967101))
+        before = ledger_snapshot(ledger)
+        writes.clear()
+
+        summary, logged, _ = dry_run(CANCEL, capfd)
+        assert (summary[f"would_{CANCEL_SALES_ORDER}"], writes, ledger_snapshot(ledger)) == (1, [], before)
+        [(method, endpoint, key, body)] = logged
+        assert (method, endpoint, key) == ("POST", "/api/method/frappe.client.cancel", f"cancel:{h['orderCode']}")
+        assert json.loads(body) == {"doctype": "Sales Order", "name": ledger.get_order(h["orderCode"])["erp_sales_order_id"]}
+
+        assert real_run(ledger, CANCEL) == would_outcomes(summary)
+        # Frappe takes no Idempotency-Key header (the adapter keys by a document field): compare the rest.
+        assert [(m, e, b) for m, e, _, b in writes] == [(method, endpoint, body)]
+
+
 # --- the DAGs, with dag.test() ------------------------------------------------------------------------
 
 
