@@ -106,19 +106,7 @@ class DocumentRead(NamedTuple):
     problem: str | None = None  # a problem found for the first time: dead-lettered, and the task ends failed
 
 
-class DocumentOperator(ErpOperator):
-    """Base of the ERP document operators (feed readers and uploaders): a dry run records no HTTP attempt.
-
-    A dry run writes nothing to the ledger, not even the audit rows of its read-only GETs (feed pages, PDFs).
-    """
-
-    def record_attempt(self, attempt: Any) -> None:
-        if self.scope.dry_run:
-            return
-        super().record_attempt(attempt)
-
-
-class ErpDocumentFetchOperator(DocumentOperator):
+class ErpDocumentFetchOperator(ErpOperator):
     """Read one ERP document feed into the ledger, once per document number, and match each document.
 
     The feed is read page by page from ``max(0, cursor - lookback)``: the ERP can publish a document
@@ -153,7 +141,7 @@ class ErpDocumentFetchOperator(DocumentOperator):
     number_alias: ClassVar[str]  # the number's field in the ERP document
     # (name in messages, field) of what makes a number mean one document: another value = another document.
     identity_fields: ClassVar[tuple[tuple[str, str], ...]]
-    template_fields = (*DocumentOperator.template_fields, "since_seq")
+    template_fields = (*ErpOperator.template_fields, "since_seq")
 
     def __init__(
         self,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from omni_erp import settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
-from omni_erp.operators.base import _error_text, not_about_the_item
-from omni_erp.operators.document_feed import DocumentOperator, as_bool, printable
+from omni_erp.operators.base import ErpOperator, _error_text, not_about_the_item
+from omni_erp.operators.document_feed import as_bool, printable
 from omni_erp.states import (
     DOC_READY,
     DOC_SKIPPED,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 DOCUMENT_MODES = ("url", "pdf")
 
 
-class OmniDocumentUploadOperator(DocumentOperator):
+class OmniDocumentUploadOperator(ErpOperator):
     """Upload every ready document of one type to Omni, once per document number.
 
     The state is checked right before each call, so a retried task or a re-run sends nothing that
@@ -61,7 +61,7 @@ class OmniDocumentUploadOperator(DocumentOperator):
     stage: ClassVar[str]
     label: ClassVar[str]
     pdf_field: ClassVar[str]  # the body field that carries the PDF itself (base64)
-    template_fields = (*DocumentOperator.template_fields, "retry_failed")
+    template_fields = (*ErpOperator.template_fields, "retry_failed")
 
     def __init__(
         self,
