@@ -191,10 +191,14 @@ class ErpOrderCancelOperator(DryRunErpOperator):
     def _dry_run(self, posting: ClaimedPosting, order: dict[str, Any] | None, route: str) -> str:
         """What the route would record and send for ``posting``, logged; nothing is done."""
         code, message_id = posting.order_code, posting.message_id
+        earlier = self.handled_earlier(code, message_id, route) if route != ALREADY_CANCELLED else None
+        if earlier is not None:
+            self.would("close posting %s: order %s would be cancelled already (%s, posting %s of this run)", message_id, code, earlier[1], earlier[0])
+            return f"would_{ALREADY_CANCELLED}"
         if route == ALREADY_CANCELLED:
             assert order is not None
             self.would("close posting %s: order %s is already cancelled (%s)", message_id, code, order["cancel_route"] or CANCEL_NOT_BOOKED)
-            return f"would_close_{ALREADY_CANCELLED}"
+            return f"would_{ALREADY_CANCELLED}"
         if route == CANCEL_NOT_BOOKED and order is None:
             self.would("register order %s as cancelled (no CREATE seen yet), so that it is never booked", code)
         elif route != CANCEL_NOT_BOOKED:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import LedgerConflictError, RemoteRejectedError
-from omni_erp.operators.dry_run import WOULD_DEAD_LETTER, DryRunErpOperator
+from omni_erp.operators.dry_run import DRY_RUN, WOULD_DEAD_LETTER, DryRunErpOperator
 from omni_erp.rules.completion import (
     COMPLETED,
     DEAD_LETTER,
@@ -183,6 +183,12 @@ class ErpOrderCompleteOperator(DryRunErpOperator):
         from omni_erp.models.erp import ReturnOrderRequest
 
         code = order["order_code"]
+        earlier = self.handled_earlier(code, posting.message_id)
+        if earlier is not None:
+            self.log.warning(
+                "%s: posting %s is weighed against the ledger as it is; posting %s of this run would have changed order %s first",
+                DRY_RUN, posting.message_id, earlier[0], code,
+            )
         for shipment_code, items in new_shipments.items():
             self.would("record shipment %s of order %s: %s", shipment_code, code, ", ".join(f"{i['sku']} x{i['quantity']}" for i in items))
         ready = [r["erp_request"] for r in self.ledger.return_orders(order_code=code, kind=RETURN_PARTIAL_CANCEL) if r["state"] == RETURN_READY]

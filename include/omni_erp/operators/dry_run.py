@@ -12,6 +12,7 @@ out, unrecorded; nothing is written to the ledger, not even ``outbound_call`` ro
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,25 @@ class DryRunErpOperator(ErpOperator):
     """An ``ErpOperator`` that can run dry: in a dry run its ERP adapter sends no write (``dry_run_adapter``) and
     records no attempt, its lease is never renewed (nothing is claimed), and deferring or dead-lettering a
     posting is logged instead of recorded. Subclasses call ``would`` for each ledger write they skip and
-    ``would_send`` for each ERP write."""
+    ``would_send`` for each ERP write.
+
+    Since nothing is recorded, a later posting of the same order in one dry run (a re-delivery) would see the
+    ledger as it was; ``handled_earlier`` remembers what the run would already have done, so it is reported as
+    the real run would handle it (closed as a repeat, nothing sent twice)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._would_have_handled: dict[str, tuple[str, Any]] = {}
+        self._would_lock = threading.Lock()
+
+    def handled_earlier(self, key: str, message_id: str | None = None, what: Any = None) -> tuple[str, Any] | None:
+        """In a dry run: ``(message_id, what)`` of the earlier posting of this run that would have handled ``key``
+        (an order, a return order), or None - and then, given a ``message_id``, note that posting as the one."""
+        with self._would_lock:
+            earlier = self._would_have_handled.get(key)
+            if earlier is None and message_id is not None:
+                self._would_have_handled[key] = (message_id, what)
+            return earlier
 
     @cached_property
     def erp(self) -> ErpAdapter:

@@ -115,6 +115,10 @@ class ErpSalesReturnOperator(DryRunErpOperator):
         except ValueError as exc:
             return self._dead(posting, f"invalid return posting: {exc}")
         code, order_code = model.return_order_code, model.forward_order_code
+        if self.scope.dry_run:
+            earlier = self.handled_earlier(code)
+            if earlier is not None:
+                return self._handled_earlier_in_dry_run(posting, code, order_code, *earlier)
 
         known = ledger.get_return_order(code)
         if known is not None:
@@ -215,11 +219,22 @@ class ErpSalesReturnOperator(DryRunErpOperator):
             self.would("list unit %s (%s, QC %s) of return %s for manual settlement: %s", unit.item_code, unit.sku, unit.qc_status, code, unit.reason)
         manual_rows.extend({"return_order_code": code, "order_code": order_code, **asdict(unit)} for unit in plan.manual)
         if request is None:
+            self.handled_earlier(code, posting.message_id, (order_code, RETURN_MANUAL_ONLY))
             self.would("close posting %s: no unit of return %s passed QC, no ERP call", posting.message_id, code)
             return f"would_{RETURN_MANUAL_ONLY}"
         if request.get("raiseCreditNote") is False:
             self.would("register return %s for the RMS credit-note report", code)
-        return self._book(posting, {"return_order_code": code, "erp_request": request})
+        return self._book(posting, {"return_order_code": code, "order_code": order_code, "erp_request": request})
+
+    def _handled_earlier_in_dry_run(
+        self, posting: ClaimedPosting, code: str, order_code: str, earlier: str, registered: tuple[str, str]
+    ) -> str:
+        """A dry run's later posting of a return code: what the real run does once the earlier one registered it."""
+        earlier_order, state = registered
+        if earlier_order != order_code:
+            return self._dead(posting, f"returnOrderCode {code} is already registered for order {earlier_order}, not {order_code}")
+        self.would("close posting %s: return %s would be %s already (posting %s of this run)", posting.message_id, code, state, earlier)
+        return "would_already_booked" if state == RETURN_BOOKED else f"would_{RETURN_MANUAL_ONLY}"
 
     @staticmethod
     def _clash(known: dict[str, Any], model: ReturnOrderPosting) -> str | None:
@@ -259,6 +274,7 @@ class ErpSalesReturnOperator(DryRunErpOperator):
         code = stored["return_order_code"]
         request = ReturnOrderRequest.model_validate(stored["erp_request"])
         if self.scope.dry_run:
+            self.handled_earlier(code, posting.message_id, (stored["order_code"], RETURN_BOOKED))
             erp = self.erp
             self.would_send(lambda: erp.create_return_order(request, idempotency_key=keys.return_order(code)))
             self.would("record return order %s %s and close posting %s", code, RETURN_BOOKED, posting.message_id)
