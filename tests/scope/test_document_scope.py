@@ -349,6 +349,9 @@ def test_dag_dry_run_changes_nothing_and_logs_what_the_real_runs_then_send(erp, 
     assert fetched["cursor"] == 3 and fetched["would_move_cursor_to"] == 4
     assert uploaded == {"batch_id": uploaded["batch_id"], "dry_run": True, "selected": 1, "would_upload": 1}
     assert "DRY RUN would record e-invoice" in out and "order FN0000000004 would become invoiced" in out
+    report = dag.xcom(dry, "report_outcome")
+    assert report["tasks"] == {"fetch_einvoices": fetched, "upload_invoices": uploaded}
+    assert "dry run: nothing was sent or recorded" in out
     logged = _logged_posts(out)
     assert set(logged) == {f"invoice:{numbers[codes[0]]}"} and logged[f"invoice:{numbers[codes[0]]}"][0] == INVOICE_ENDPOINT
 
