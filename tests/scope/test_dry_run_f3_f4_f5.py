@@ -15,10 +15,13 @@ import requests
 import sqlalchemy as sa
 from airflow.sdk.exceptions import AirflowFailException
 from fastapi import FastAPI, Request, Response
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from omni_erp.ledger import Ledger
 from omni_erp.operators.cancellation import ErpOrderCancelOperator
 from omni_erp.operators.completion import ErpOrderCompleteOperator
+from omni_erp.operators.dry_run import WouldSend, dry_run_adapter
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.returns import ErpSalesReturnOperator
 from omni_erp.sandbox.lifecycle import cancel_posting, complete_posting, return_posting
@@ -291,6 +294,40 @@ def test_a_dry_run_logs_the_adapters_own_request_erpnext(ledger_path, fast_retri
         assert real_run(ledger, CANCEL) == would_outcomes(summary)
         # Frappe takes no Idempotency-Key header (the adapter keys by a document field): compare the rest.
         assert [(m, e, b) for m, e, _, b in writes] == [(method, endpoint, body)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(invoice=st.text(min_size=1, max_size=40), order_code=st.text(min_size=1, max_size=40), reason=st.text(max_size=200))
+def test_the_logged_body_is_the_wire_body_whatever_the_text(recording_erp, invoice, order_code, reason):
+    # Quotes, backslashes, newlines, non-Latin text: the log line stays one line and its body is byte for byte
+    # what the same adapter call puts on the wire.
+    bodies, dry, real = recording_erp
+    with pytest.raises(WouldSend) as stopped:
+        dry.request_credit_note(invoice, order_code, reason, idempotency_key="credit:k")
+    line = f"DRY RUN would {stopped.value.describe()} [task log] loc=dry_run.py:1"
+    assert "\n" not in line and "\r" not in line
+    bodies.clear()
+    real.request_credit_note(invoice, order_code, reason, idempotency_key="credit:k")
+    assert logged_requests(line) == [("POST", "/api/v1/credit-notes", "credit:k", bodies[0])]
+
+
+@pytest.fixture()
+def recording_erp(monkeypatch, fast_retries):
+    """An HTTP server on 127.0.0.1 that records each request body and answers like the ERP's credit-note call;
+    yields its bodies, a dry-run ErpHook and a real one pointed at it."""
+    from omni_erp.hooks.erp import ErpHook
+
+    bodies: list[str] = []
+    app = FastAPI()
+
+    @app.post("/{path:path}")
+    async def record(path: str, request: Request) -> dict:
+        bodies.append((await request.body()).decode())
+        return {"creditNoteRequestId": "CNR-1", "status": "PENDING"}
+
+    with serve_in_thread(app) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", json.dumps({"conn_type": "http", "host": server.url, "password": ERP_TOKEN}))
+        yield bodies, dry_run_adapter(ErpHook()), ErpHook()
 
 
 # --- the DAGs, with dag.test() ------------------------------------------------------------------------
