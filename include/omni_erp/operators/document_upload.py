@@ -109,6 +109,10 @@ class OmniDocumentUploadOperator(ErpOperator):
             documents = self.ledger.select_documents(
                 self.doc_type, states=states, order_codes=scope.order_codes, window=scope.window
             )
+            self.log.info(
+                "%d %s(s) of this run's scope to upload, rejected ones included: %s", len(documents), self.label,
+                ", ".join(printable(d["doc_number"]) for d in documents[:20]) + (" ..." if len(documents) > 20 else ""),
+            )
         else:
             documents = self.ledger.documents(self.doc_type, states=states)
         if scope.dry_run:
