@@ -18,6 +18,7 @@ from omni_erp.ledger import Ledger
 from omni_erp.ledger.engine import sqlite_url
 from omni_erp.operators.inbox import OmniInboxClaimOperator
 from omni_erp.operators.order_posting import ErpSalesOrderCreateOperator, ErpSalesOrderMapOperator
+from omni_erp.operators.report import LedgerBatchReportOperator
 from omni_erp.states import DEAD, DONE, ORDER_BOOKED, ORDER_REJECTED, PENDING
 from omni_erp.timeutil import IST
 from tests.flows import CREATE, book, create_posting, store
@@ -73,19 +74,20 @@ def test_dry_run_changes_nothing_and_logs_the_requests_the_real_run_then_sends(e
     capfd.readouterr()
 
     dag = run_dag(DAG_ID)
-    dry = dag(dry_run=True)
+    # A batch of 5 (posting 6 was stored first; the fully cancelled 5 is the sixth) booked by 2 shards.
+    conf = {"limit": 5, "shards": 2}
+    dry = dag(dry_run=True, **conf)
 
     out = capfd.readouterr().out
     assert dry.state == "success"
     assert database_rows(url) == ledger_before  # every table, every column
     assert erp.state() == erp_before  # no request reached the ERP at all
     claim, mapped = dag.xcom(dry, "claim_postings"), dag.xcom(dry, "map_sales_orders")
-    created = dry.get_task_instance("create_sales_orders", map_index=0).xcom_pull(task_ids="create_sales_orders", map_indexes=0)
-    assert (claim["dry_run"], claim["would_claim"], claim["would_replay"]) == (True, 6, 0)
-    assert {k: v for k, v in mapped.items() if k.startswith("would")} == {
-        "would_book": 4, "would_dead_letter": 1, "would_close_nothing_to_invoice": 1
-    }
-    assert (created["dry_run"], created["would_book"], created["skipped"]) == (True, 4, 2)
+    assert (claim["dry_run"], claim["would_claim"], claim["would_replay"]) == (True, 5, 0)
+    assert {k: v for k, v in mapped.items() if k.startswith("would")} == {"would_book": 4, "would_dead_letter": 1}
+    shards = [dry.get_task_instance("create_sales_orders", map_index=k).xcom_pull(task_ids="create_sales_orders", map_indexes=k)
+              for k in (0, 1)]
+    assert all(s["dry_run"] for s in shards) and sum(s.get("would_book", 0) for s in shards) == 4
     report = dag.xcom(dry, "report_outcome")
     assert report["dry_run"] is True and report["tasks"]["map_sales_orders"] == mapped
     assert "dry run: nothing was sent or recorded" in out
@@ -93,13 +95,14 @@ def test_dry_run_changes_nothing_and_logs_the_requests_the_real_run_then_sends(e
     logged = _logged_requests(out)
     assert set(logged) == {f"create:FN000000000{n}" for n in (1, 2, 3, 6)}
 
-    real = dag()
+    real = dag(**conf)
 
     assert real.state == "failed"  # the posting without a PO is dead-lettered: red, as always
     sent = {o["orderCode"]: o["request"] for o in erp.state()["sales_orders"]}
     assert {f"create:{code}": body for code, body in sent.items()} == logged  # exactly what the dry run logged
     keys_sent = {c["idempotency_key"] for c in ledger.calls() if c["operation"] == "create_sales_order"}
     assert keys_sent == set(logged)
+    assert {r["message_id"]: r["state"] for r in ledger.postings()}["5"] == PENDING  # beyond the batch, in both runs
 
 
 def test_order_codes_replays_a_dead_lettered_posting_once_its_mapping_is_fixed(erp, ledger_path, run_dag, monkeypatch, capfd):
@@ -207,3 +210,21 @@ def test_a_backfill_window_takes_only_the_postings_received_in_it(erp, ledger_pa
     assert [d["resolved_at"] for d in ledger.dead_letters("order_posting")] == [None]  # dead again: open again
     assert ledger.get_order("FN0000000001") is None  # outside the window: untouched
     assert {r["message_id"]: r["state"] for r in ledger.postings()} == states
+
+
+def test_a_replayed_posting_the_mapping_never_reached_is_given_back_not_closed(erp, ledger_path):
+    """The mapping task failed before a replayed posting (say the ledger blinked): booking must not close it."""
+    ledger = Ledger.sqlite(ledger_path)
+    store(ledger, create_posting(1, "FN0000000001"))
+    erp.configure(fail_next=[400])
+    assert _f1("run-1")[1]
+    OmniInboxClaimOperator(task_id="c", batch_id="run-2", event_types=[CREATE], order_codes=["FN0000000001"]).execute(context={})
+
+    booked = ErpSalesOrderCreateOperator(task_id="b", batch_id="run-2").execute(context={})  # mapping did not run
+
+    assert booked == {"batch_id": "run-2", "skipped": 1}
+    with pytest.raises(AirflowFailException, match="not processed in this run"):
+        LedgerBatchReportOperator(task_id="r", batch_id="run-2").execute(context={})
+    assert ledger.postings()[0]["state"] == PENDING and erp.state()["sales_orders"] == []
+    assert _f1("run-3") == ({"batch_id": "run-3", "claimed": 1, "by_event_type": {CREATE: 1}, "retried": 0, "replayed": 0}, False)
+    assert [o["orderCode"] for o in erp.state()["sales_orders"]] == ["FN0000000001"]

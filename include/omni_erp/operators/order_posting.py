@@ -303,6 +303,9 @@ class ErpSalesOrderCreateOperator(DryRunErpOperator):
             # lost and F2 already matched the invoice).
             ledger.finish_posting(posting.message_id, outcome="booked", batch_id=batch)
             return "already_booked"
+        if order["state"] == ORDER_REJECTED:
+            # A replayed posting mapping did not get to (its task failed): still claimed, the report gives it back.
+            return "skipped"
         if order["state"] != ORDER_READY:
             # Cancelled between mapping and booking (F3 ran in between): do not book.
             ledger.finish_posting(posting.message_id, outcome=f"not_booked_{order['state']}", batch_id=batch)
