@@ -334,8 +334,11 @@ def recording_erp(monkeypatch, fast_retries):
 
 
 @pytest.mark.integration
-def test_cancellation_dag_dry_run_for_one_order_then_the_real_run_sends_what_it_logged(erp, erp_wire, ledger_path, run_dag, capfd):
-    ledger = Ledger.sqlite(ledger_path)
+@pytest.mark.postgres
+def test_cancellation_dag_dry_run_for_one_order_then_the_real_run_sends_what_it_logged(erp, erp_wire, pg_ledger_url, run_dag, capfd, monkeypatch):
+    # The ledger on PostgreSQL here (the F5 DAG test below uses the embedded SQLite one).
+    ledger = Ledger(pg_ledger_url)
+    monkeypatch.setattr(Ledger, "from_conn_id", classmethod(lambda cls, conn_id=None: ledger))
     a, b = create_posting(964001, "FN0000009701"), create_posting(964002, "FN0000009702")
     book(ledger, a, b)
     record_invoices(2)
