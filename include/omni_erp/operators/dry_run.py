@@ -71,8 +71,8 @@ def dry_run_adapter(adapter: ErpAdapter) -> ErpAdapter:
 
 class DryRunErpOperator(ErpOperator):
     """An ``ErpOperator`` that can run dry: in a dry run its ERP adapter sends no write (``dry_run_adapter``) and
-    records no attempt, its lease is never renewed (nothing is claimed), and deferring or dead-lettering a
-    posting is logged instead of recorded. Subclasses call ``would`` for each ledger write they skip and
+    records no attempt, and deferring or dead-lettering a posting is logged instead of recorded (``LedgerOperator``
+    itself renews no lease in a dry run). Subclasses call ``would`` for each ledger write they skip and
     ``would_send`` for each ERP write.
 
     Since nothing is recorded, a later posting of the same order in one dry run (a re-delivery) would see the
@@ -100,10 +100,6 @@ class DryRunErpOperator(ErpOperator):
         from omni_erp.hooks.adapters import erp_adapter
 
         return self.limited(dry_run_adapter(erp_adapter(self.erp_conn_id, on_attempt=None)))
-
-    def renew_lease(self) -> None:
-        if not self.scope.dry_run:
-            super().renew_lease()
 
     def defer_posting(self, posting: ClaimedPosting, reason: str) -> None:
         if not self.scope.dry_run:
