@@ -63,13 +63,17 @@ def erp_writes_and_documents(erp) -> dict:
 
 def logged_requests(text: str) -> list[tuple[str, str, str, str]]:
     """The ERP requests a dry run logged: (method, endpoint, key, body) per ``DRY RUN would POST`` line, the body
-    exactly as logged (the JSON text; the log line goes on after it)."""
+    exactly as logged (the JSON text, or Tally's XML envelope; the log line goes on after it)."""
     found = []
     for line in text.splitlines():
         match = WOULD_SEND.search(line)
         if match:
-            _, end = json.JSONDecoder().raw_decode(line, match.end())
-            found.append((*match.groups(), line[match.end() : end]))
+            start = match.end()
+            if line.startswith("<", start):
+                end = line.index("</ENVELOPE>", start) + len("</ENVELOPE>")
+            else:
+                _, end = json.JSONDecoder().raw_decode(line, start)
+            found.append((*match.groups(), line[start:end]))
     return found
 
 
@@ -294,6 +298,37 @@ def test_a_dry_run_logs_the_adapters_own_request_erpnext(ledger_path, fast_retri
         assert real_run(ledger, CANCEL) == would_outcomes(summary)
         # Frappe takes no Idempotency-Key header (the adapter keys by a document field): compare the rest.
         assert [(m, e, b) for m, e, _, b in writes] == [(method, endpoint, body)]
+
+
+def test_a_dry_run_logs_the_adapters_own_request_tally(ledger_path, fast_retries, monkeypatch, capfd):
+    # Tally reads through POSTs too (XML exports), which a dry run sends; its one write, the voucher import that
+    # cancels the Sales Order, is logged as Tally's XML and not sent. No invoice comes (a long delay).
+    from omni_erp.sandbox.tally import create_tally_sandbox
+
+    writes: list[tuple[str, str, str, str]] = []
+    with (
+        serve_in_thread(create_tally_sandbox(company="Dry Run Co", invoice_delay_s=3600)) as tally,
+        serve_in_thread(_proxy_app(tally.url, writes)) as proxy,
+    ):
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", json.dumps({"conn_type": "tally", "host": proxy.url, "login": "Dry Run Co"}))
+        ledger = Ledger.sqlite(ledger_path)
+        t = create_posting(968001, "FN0000009961")
+        book(ledger, t)
+        store_any(ledger, cancel_posting(t, 968101))
+        before = ledger_snapshot(ledger)
+        writes.clear()
+
+        summary, logged, _ = dry_run(CANCEL, capfd)
+        imports = [w for w in writes if "<TALLYREQUEST>Import Data</TALLYREQUEST>" in w[3]]
+        assert (summary[f"would_{CANCEL_SALES_ORDER}"], imports, ledger_snapshot(ledger)) == (1, [], before)
+        assert writes, "the dry run looked the voucher up in Tally"
+        [(method, endpoint, key, body)] = logged
+        assert (method, endpoint, key) == ("POST", "/", f"cancel:{t['orderCode']}")
+        assert 'ACTION="Cancel"' in body and f'TAGVALUE="{ledger.get_order(t["orderCode"])["erp_sales_order_id"]}"' in body
+
+        writes.clear()
+        assert real_run(ledger, CANCEL) == would_outcomes(summary)
+        assert [(m, e, b) for m, e, _, b in writes if "<TALLYREQUEST>Import Data</TALLYREQUEST>" in b] == [(method, endpoint, body)]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
