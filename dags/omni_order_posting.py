@@ -14,6 +14,13 @@
 4. **report_outcome** - logs one line per posting of the run (always runs)
    and ends the run failed when any task failed or any item was deferred or dead-lettered.
 
+**order_codes** takes only those orders' postings, dead-lettered ones included: each is replayed from the
+raw posting the inbox kept (e.g. after fixing `OMNI_ERP_PO_PATH` for a client that puts the PO elsewhere,
+or once the ERP's master data is fixed for an order it rejected) and booked once - an order booked
+already is never booked again. A backfill run takes the postings received in its data interval, the
+same way. **dry_run** claims nothing and logs per posting what the run would record and the exact ERP
+request and key it would send; the ledger and the ERP stay untouched.
+
 A posting whose handling fails unexpectedly is deferred with the error and dead-lettered after
 `OMNI_ERP_MAX_ITEM_ATTEMPTS` (3) attempts, so it never holds the others back.
 
