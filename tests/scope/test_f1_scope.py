@@ -228,3 +228,27 @@ def test_a_replayed_posting_the_mapping_never_reached_is_given_back_not_closed(e
     assert ledger.postings()[0]["state"] == PENDING and erp.state()["sales_orders"] == []
     assert _f1("run-3") == ({"batch_id": "run-3", "claimed": 1, "by_event_type": {CREATE: 1}, "retried": 0, "replayed": 0}, False)
     assert [o["orderCode"] for o in erp.state()["sales_orders"]] == ["FN0000000001"]
+
+
+def test_a_replayed_posting_whose_order_the_erp_already_holds_is_not_booked_twice(erp, ledger_path):
+    """The ERP booked the order but its answer never arrived, and the posting ended dead-lettered: a replay
+    sends the stored request under the same key, and the ERP answers with the order it has."""
+    from omni_erp import keys
+    from omni_erp.hooks.erp import ErpHook
+    from omni_erp.models.erp import SalesOrderRequest
+
+    ledger = Ledger.sqlite(ledger_path)
+    batch = book(ledger, create_posting(1, "FN0000000001"), create=False)  # mapped, not booked by us
+    order = ledger.get_order("FN0000000001")
+    ErpHook().create_sales_order(
+        SalesOrderRequest.model_validate(order["erp_request"]), idempotency_key=keys.create_sales_order("FN0000000001")
+    )  # ... but by the ERP, whose answer was lost
+    ledger.dead_letter_posting("1", stage="order_posting", reason="gave up after 3 attempts", batch_id=batch)
+
+    claim, red = _f1("replay", order_codes=["FN0000000001"])
+
+    assert (claim["replayed"], red) == (1, False)
+    state = erp.state()
+    assert [o["orderCode"] for o in state["sales_orders"]] == ["FN0000000001"] and state["duplicates"] == {"sales_order": 1}
+    assert ledger.get_order("FN0000000001")["erp_sales_order_id"] == state["sales_orders"][0]["salesOrderId"]
+    assert ledger.postings()[0]["outcome"] == "booked"
