@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 DRY_RUN = "DRY RUN"
 WOULD_DEAD_LETTER = "would_dead_letter"
-WOULD_WAIT = "would_wait"  # the posting would go back to the queue for a later run (its data is not there yet)
 
 
 class WouldSend(Exception):  # noqa: N818 - not an error: the request a dry run stopped at the wire
