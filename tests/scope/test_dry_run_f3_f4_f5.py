@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -218,7 +219,7 @@ def test_dry_runs_change_nothing_and_log_exactly_what_the_real_runs_then_send(er
     assert Counter(erp_wire) == Counter(cancel_sent + complete_sent + return_sent)
 
 
-def test_order_codes_restrict_a_dry_run_to_those_orders(erp, ledger_path, capfd):
+def test_order_codes_and_a_window_restrict_a_dry_run(erp, ledger_path, capfd):
     ledger = Ledger.sqlite(ledger_path)
     orders = lifecycle(ledger, erp)
     before = ledger_snapshot(ledger)
@@ -238,6 +239,17 @@ def test_order_codes_restrict_a_dry_run_to_those_orders(erp, ledger_path, capfd)
         assert [k for _, _, k, _ in return_sent] == ["return:RTN-F"]
     nothing, sent, _ = dry_run(COMPLETE, capfd, order_codes=["FN-NOT-THERE"])
     assert (nothing, sent) == ({"batch_id": f"dry/{COMPLETE}", "dry_run": True}, [])
+
+    # A backfill run's window: the postings received in it (all of them, a moment ago), or none before it.
+    at = datetime.now(UTC)
+    covering, before_them = f"{(at - timedelta(hours=1)).isoformat()}/{(at + timedelta(minutes=1)).isoformat()}", (
+        f"{(at - timedelta(hours=2)).isoformat()}/{(at - timedelta(hours=1)).isoformat()}"
+    )
+    assert would_outcomes(dry_run(COMPLETE, capfd, window=covering)[0]) == {"would_return_order_created": 1, "would_dead_letter": 1}
+    assert dry_run(COMPLETE, capfd, window=before_them)[:2] == ({"batch_id": f"dry/{COMPLETE}", "dry_run": True}, [])
+    assert would_outcomes(dry_run(CANCEL, capfd, window=covering, order_codes=[a])[0]) == {
+        f"would_{CANCEL_IRN}": 1, "would_already_cancelled": 1,
+    }
     assert ledger_snapshot(ledger) == before
 
 
