@@ -434,3 +434,29 @@ def test_return_dag_dry_run_changes_nothing_in_the_ledger_the_erp_or_omni(erp, o
 
     assert dag().state == "success"
     assert [w for w in erp_wire if "return-orders" in w[1]] == logged
+
+
+@pytest.mark.integration
+def test_completion_dag_dry_run_then_the_real_run_books_the_return_order_it_logged(erp, erp_wire, ledger_path, run_dag, capfd):
+    ledger = Ledger.sqlite(ledger_path)
+    e = create_posting(969001, "FN0000009991")
+    book(ledger, e)
+    record_invoices(1)
+    store_any(ledger, complete_posting(e, 969101, cancelled_after_invoice={SKU_A: 1}))
+    before, erp_before = ledger_snapshot(ledger), erp_writes_and_documents(erp)
+    erp_wire.clear()
+    dag = run_dag("omni_order_completion")
+
+    capfd.readouterr()
+    dry = dag(dry_run=True)
+    dry_log = capfd.readouterr().out
+    assert dry.state == "success"
+    assert dag.xcom(dry, "complete_orders") == {
+        "batch_id": f"omni_order_completion/{dry.run_id}", "dry_run": True, "would_return_order_created": 1, "new_shipments": 1,
+    }
+    assert (ledger_snapshot(ledger), erp_writes_and_documents(erp), erp_wire) == (before, erp_before, [])
+    logged = logged_requests(dry_log)
+    assert [k for _, _, k, _ in logged] == [f"return:PC-{e['orderCode']}-1"]
+
+    assert dag().state == "success"
+    assert erp_wire == logged
