@@ -252,3 +252,43 @@ def test_a_replayed_posting_whose_order_the_erp_already_holds_is_not_booked_twic
     assert [o["orderCode"] for o in state["sales_orders"]] == ["FN0000000001"] and state["duplicates"] == {"sales_order": 1}
     assert ledger.get_order("FN0000000001")["erp_sales_order_id"] == state["sales_orders"][0]["salesOrderId"]
     assert ledger.postings()[0]["outcome"] == "booked"
+
+
+def test_a_dry_run_names_what_it_would_close_without_booking_and_books_only_what_a_real_run_would(
+    erp, ledger_path, capfd
+):
+    from decimal import Decimal
+
+    from omni_erp.states import ORDER_CANCELLED
+
+    ledger = Ledger.sqlite(ledger_path)
+    book(ledger, create_posting(1, "FN0000000001"))  # booked
+    ledger.register_order(  # F3 recorded its cancellation before any CREATE arrived
+        order_code="FN0000000002", po_number=None, state=ORDER_CANCELLED, create_message_id=None, lines=[],
+        total_amount=Decimal(0), erp_request=None,
+    )
+    erp.configure(fail_next=[400])
+    with pytest.raises(AirflowFailException, match="rejected"):
+        book(ledger, create_posting(3, "FN0000000003"))  # rejected by the ERP: dead-lettered
+    batch = book(ledger, create_posting(4, "FN0000000004"), create=False)
+    ledger.update_order("FN0000000004", state=ORDER_BOOKED, erp_sales_order_id="SO-EXTERNAL")  # booked, F2 matched it
+    ledger.dead_letter_posting("4", stage="order_posting", reason="gave up after 3 attempts", batch_id=batch)
+    store(ledger, create_posting(11, "FN0000000001"), create_posting(2, "FN0000000002"))  # a re-delivery; a late CREATE
+    before = database_rows(sqlite_url(ledger_path))
+    scope = {"dry_run": True, "order_codes": json.dumps([f"FN000000000{n}" for n in (1, 2, 3, 4)])}
+    capfd.readouterr()
+
+    mapped = ErpSalesOrderMapOperator(task_id="m", **scope).execute(context={})
+    booked = ErpSalesOrderCreateOperator(task_id="b", **scope).execute(context={})
+
+    assert {k: v for k, v in mapped.items() if k.startswith("would")} == {
+        "would_book": 1, "would_close_already_booked": 1, "would_close_cancelled_before_booking": 1,
+        "would_close_duplicate_order": 1,
+    }
+    assert (booked["would_book"], booked["already_booked"], booked["skipped"]) == (1, 1, 2)
+    out = capfd.readouterr().out
+    assert list(_logged_requests(out)) == ["create:FN0000000003"]  # the rejected order, mapped again
+    assert "DRY RUN would map again order 'FN0000000003' from posting 3 (replaying the dead-lettered posting) " \
+        "(rejected by the ERP before, PO 4042600003) and book it" in out
+    assert "posting 11 (order 'FN0000000001') without booking: duplicate_order" in out
+    assert database_rows(sqlite_url(ledger_path)) == before

@@ -42,13 +42,14 @@ class PostingPlan:
         without an ERP call, with the outcome a real run records).
     :param detail: the reason or the state, for the log.
     :param request: the ERP sales-order request that would be sent (``would_book`` only).
-    :param registered: True when the order is registered already and its stored request would be sent as is.
+    :param action: what mapping would do with the order: ``register`` it, ``keep`` the one registered earlier
+        (its stored request is sent as is) or ``map again`` one the ERP rejected.
     """
 
     outcome: str
     detail: str
     request: dict[str, Any] | None = None
-    registered: bool = False
+    action: str = "register"
 
 
 def plan_posting(ledger: Ledger, posting: ClaimedPosting, *, po_path: str | None) -> PostingPlan:
@@ -76,11 +77,11 @@ def plan_posting(ledger: Ledger, posting: ClaimedPosting, *, po_path: str | None
     if known["state"] == ORDER_REJECTED:
         if plan.request is None:
             return PostingPlan(f"would_close_{ORDER_NOTHING_TO_INVOICE}", "rejected by the ERP before; now nothing to invoice")
-        return PostingPlan(WOULD_BOOK, f"rejected by the ERP before, mapped again, PO {plan.po_number}", plan.request.to_json_dict())
+        return PostingPlan(WOULD_BOOK, f"rejected by the ERP before, PO {plan.po_number}", plan.request.to_json_dict(), "map again")
     if known["erp_sales_order_id"]:
         return PostingPlan("would_close_already_booked", f"booked as ERP order {known['erp_sales_order_id']}")
     if known["state"] == ORDER_READY:
-        return PostingPlan(WOULD_BOOK, f"registered before, PO {known['po_number']}", known["erp_request"], registered=True)
+        return PostingPlan(WOULD_BOOK, f"registered before, PO {known['po_number']}", known["erp_request"], "keep")
     if known["state"] == ORDER_NOTHING_TO_INVOICE:
         return PostingPlan(f"would_close_{ORDER_NOTHING_TO_INVOICE}", "registered before with nothing to invoice")
     return PostingPlan(f"would_close_not_booked_{known['state']}", f"order is {known['state']}")
@@ -137,7 +138,7 @@ class ErpSalesOrderMapOperator(LedgerOperator):
                           posting.order_code, replay, plan.detail)
         elif plan.outcome == WOULD_BOOK:
             self.log.info("%s would %s order %r from posting %s%s (%s) and book it with ERP sales-order request %s",
-                          DRY_RUN, "keep" if plan.registered else "register", posting.order_code, posting.message_id,
+                          DRY_RUN, plan.action, posting.order_code, posting.message_id,
                           replay, plan.detail, _json(plan.request))
         else:
             self.log.info("%s would close posting %s (order %r)%s without booking: %s (%s)", DRY_RUN, posting.message_id,
