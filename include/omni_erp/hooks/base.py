@@ -3,15 +3,18 @@
 Policy (domain.md 4.3, 7.7): every call has an explicit timeout; timeouts, connection errors, 429
 and 5xx are retried with exponential backoff and jitter, honouring ``Retry-After``; any other 4xx
 is a permanent ``RemoteRejectedError`` carrying the server's message. Nothing secret is logged:
-only method, path, business key, status and duration.
+only method, path, business key, status and duration (at DEBUG for a first try that worked).
 
 Hooks are shared by the worker threads of one task (``LedgerOperator.process_each``): each thread gets
 its own ``requests.Session`` with its own keep-alive connection, and an optional ``AdaptiveLimiter``
 shared by those threads bounds the requests in flight and backs off when the remote system answers 429.
+Requests go out through ``SessionSender``: what ``Session.request`` does, with the work that depends only
+on the session and the remote host done once per thread instead of once per call.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -21,12 +24,17 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import requests
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk.exceptions import AirflowException
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar, merge_cookies
+from requests.hooks import dispatch_hook
+from requests.models import PreparedRequest
 
 from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_MAX_PREPARED_URLS = 256  # per thread; URLs with a business value in the path (cancel) are each used once
 
 
 class ConnectionConfigError(AirflowException, ValueError):
@@ -225,6 +233,113 @@ class AdaptiveLimiter:
             self._cond.notify_all()
 
 
+class SessionSender:
+    """Sends requests on one thread's ``requests.Session`` exactly as ``Session.request`` would - the session's
+    headers, auth, cookies, proxies, TLS settings and redirects all apply - for about a fifth less CPU per call.
+
+    ``Session.request`` repeats per call what depends only on the session and the remote host: it merges the
+    session's settings through generic helpers (typing-protocol ``isinstance`` checks, cookie jar copies), looks
+    the environment up for proxies, CA bundle and ``.netrc``, and parses the URL. Here the environment is read
+    once per origin (scheme and host: proxies and ``no_proxy`` depend on nothing else) when the thread first
+    calls it, a URL without query parameters is parsed once, and the request goes straight to the session's
+    adapter. What ``Session.send`` does after the answer is kept: ``elapsed``, response hooks, cookies the
+    remote sets (persisted in the session and sent on later calls), redirects, and reading the body unless the
+    session streams. A session with request parameters or response hooks of its own takes ``Session.request``.
+    Not shared between threads, like the session.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._urls: dict[str, tuple[str, dict[str, Any], Any]] = {}  # URL -> (prepared URL, its origin's settings, .netrc auth)
+        self._origins: dict[str, tuple[dict[str, Any], Any]] = {}  # origin -> (send settings, .netrc auth)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: Any = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: Any = None,
+    ) -> Any:
+        """``Session.request(method, url, params=..., data=..., json=..., headers=..., timeout=...)``."""
+        session = self.session
+        if not isinstance(session, requests.Session) or session.params or any(session.hooks.values()):
+            more = {"data": data} if data is not None else {}  # a wrapped session (Tally's) may take no data
+            return session.request(method, url, params=params, json=json, headers=headers, timeout=timeout, **more)
+        prep = PreparedRequest()
+        prep.method = method.upper()
+        known = None if params else self._urls.get(url)
+        if known is None:
+            prep.prepare_url(url, params)
+            known = (prep.url, *self._origin(prep.url))
+            if not params:
+                if len(self._urls) >= _MAX_PREPARED_URLS:
+                    self._urls.clear()
+                self._urls[url] = known
+        prep.url, settings, netrc_auth = known
+        # Session.request's merge (a CaseInsensitiveDict, three times dearer): the call's header replaces the
+        # session's of any case, None drops it.
+        merged = {name.lower(): (name, value) for name, value in session.headers.items()}
+        for name, value in (headers or {}).items():
+            merged[name.lower()] = (name, value)
+        prep.prepare_headers({name: value for name, value in merged.values() if value is not None})
+        # A copy of the session's cookies, as Session.request makes (a redirect or an auth hook adds to it).
+        if session.cookies:
+            prep.prepare_cookies(merge_cookies(RequestsCookieJar(), session.cookies))
+        else:
+            prep._cookies = RequestsCookieJar()  # empty: no Cookie header to make
+        prep.prepare_body(data or {}, None, json)
+        prep.prepare_auth(session.auth or netrc_auth, prep.url)
+        return self._send(prep, timeout, settings)
+
+    def _origin(self, url: str) -> tuple[dict[str, Any], Any]:
+        """(proxies, stream, verify and cert as ``Session.request`` would send them; the ``.netrc`` auth) of
+        ``url``'s origin, looked up in the environment once."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        known = self._origins.get(origin)
+        if known is None:
+            session = self.session
+            netrc_auth = None
+            if session.trust_env and not session.auth:
+                from requests.utils import get_netrc_auth
+
+                netrc_auth = get_netrc_auth(url)
+            known = self._origins[origin] = (session.merge_environment_settings(url, {}, None, None, None), netrc_auth)
+        return known
+
+    def _send(self, prep: PreparedRequest, timeout: Any, settings: dict[str, Any]) -> Any:
+        """``Session.send(prep, timeout=timeout, allow_redirects=True, **settings)``, one step at a time."""
+        from datetime import timedelta
+
+        session = self.session
+        kwargs = {"timeout": timeout, **settings}
+        adapter = session.get_adapter(url=prep.url)
+        started = time.perf_counter()
+        response = adapter.send(prep, **kwargs)
+        response.elapsed = timedelta(seconds=time.perf_counter() - started)
+        if any(prep.hooks.values()):  # an auth handler may add hooks (digest auth does)
+            response = dispatch_hook("response", prep.hooks, response, **kwargs)
+        for earlier in response.history:
+            extract_cookies_to_jar(session.cookies, earlier.request, earlier.raw)
+        if "set-cookie" in response.headers or "set-cookie2" in response.headers:
+            extract_cookies_to_jar(session.cookies, prep, response.raw)
+        if response.is_redirect:
+            history = list(session.resolve_redirects(response, prep, **kwargs))
+            if history:
+                history.insert(0, response)
+                response = history.pop()
+                response.history = history
+        if not settings["stream"]:
+            response.content  # noqa: B018 - read the body now, so the connection goes back to the pool
+        return response
+
+
 class RetryingJsonHook(HttpHook):
     """Base of OmniHook and ErpHook: JSON in and out, the retry policy above, safe to share between threads.
 
@@ -260,6 +375,14 @@ class RetryingJsonHook(HttpHook):
             with self._config_lock:
                 session = self._local.session = self.new_session()
         return session
+
+    @property
+    def sender(self) -> SessionSender:
+        """The calling thread's ``SessionSender`` over its ``session``."""
+        sender = getattr(self._local, "sender", None)
+        if sender is None or sender.session is not self.session:
+            sender = self._local.sender = SessionSender(self.session)
+        return sender
 
     def new_session(self) -> Any:
         """A configured session (``get_conn``) with a connection pool of its own, for one thread.
@@ -300,15 +423,13 @@ class RetryingJsonHook(HttpHook):
         :raises RemoteRejectedError: a 4xx other than 429 (the message is the server's).
         :raises RemoteUnavailableError: still failing after the last attempt.
         """
-        import requests
-
         unsafe = [name for name, value in (headers or {}).items() if not is_header_safe(value)]
         if unsafe:
             # Callers encode business values (omni_erp.keys); this is the guard that an unencoded one never
             # reaches requests, where it would raise UnicodeEncodeError or split the header.
             raise PayloadError(f"header(s) {', '.join(unsafe)} hold characters an HTTP header cannot carry")
         policy = self.retry_policy
-        session = self.session
+        sender = self.sender
         url = self.url_from_endpoint(endpoint)
         last_error = "no attempt made"
         last_status: int | None = None
@@ -319,7 +440,7 @@ class RetryingJsonHook(HttpHook):
             ticket = limiter.acquire() if limiter is not None else None
             started = time.monotonic()
             try:
-                response = session.request(
+                response = sender.request(
                     method,
                     url,
                     json=json,
@@ -367,7 +488,11 @@ class RetryingJsonHook(HttpHook):
         error: str | None,
     ) -> None:
         latency_ms = int((time.monotonic() - started) * 1000)
-        self.log.info(
+        # A first try that worked is logged at DEBUG: at hundreds of calls a second a line each would cost more
+        # CPU than the call's own bookkeeping, and outbound_call records every attempt anyway. Retries,
+        # rejections and outages stay at INFO.
+        self.log.log(
+            logging.DEBUG if outcome == "ok" and attempt == 1 else logging.INFO,
             "%s %s %s key=%s -> %s in %d ms (attempt %d/%d, %s)",
             self.system,
             method,
