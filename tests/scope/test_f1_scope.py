@@ -88,6 +88,7 @@ def test_dry_run_changes_nothing_and_logs_the_requests_the_real_run_then_sends(e
     shards = [dry.get_task_instance("create_sales_orders", map_index=k).xcom_pull(task_ids="create_sales_orders", map_indexes=k)
               for k in (0, 1)]
     assert all(s["dry_run"] for s in shards) and sum(s.get("would_book", 0) for s in shards) == 4
+    assert sum(s.get("skipped", 0) for s in shards) == 1  # posting 4; the sixth posting is beyond the limit here too
     report = dag.xcom(dry, "report_outcome")
     assert report["dry_run"] is True and report["tasks"]["map_sales_orders"] == mapped
     assert "dry run: nothing was sent or recorded" in out
