@@ -7,10 +7,10 @@ import logging
 
 import airflow  # noqa: F401  (Airflow resets logging on import: do it now, not mid-test under caplog)
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.routing import Route
 
 from omni_erp.inbox import InboxSettings, create_inbox_app
 from omni_erp.inbox.auth import AuthRefused, Caller, ConnectionAuthSource, InboxAuth, authenticate
@@ -32,7 +32,7 @@ def inbox(ledger_url: str, **overrides) -> TestClient:
 
 
 def routes(client: TestClient) -> list[tuple[str, str]]:
-    return sorted((method, route.path) for route in client.app.routes if isinstance(route, APIRoute) for method in route.methods)
+    return sorted((method, route.path) for route in client.app.routes if isinstance(route, Route) for method in route.methods)
 
 
 def call(client: TestClient, method: str, path: str, headers: dict[str, str]):

@@ -102,6 +102,22 @@ def resolve(api_key: ApiKeySource, dynamic: DynamicSource) -> InboxAuth:
     return auth
 
 
+def resolve_cached(api_key: ApiKeySource, dynamic: DynamicSource) -> InboxAuth | None:
+    """``resolve``'s answer when it needs no I/O, so it may run on the event loop; None when it may need I/O.
+
+    That is when each source is a plain value or a method of a ``ConnectionAuthSource`` whose cache is
+    fresh (the deployed inbox, between its once-a-minute lookups): a thread hop per request costs more
+    than the rest of authenticating. Any other callable may do I/O, and an unconfigured result goes
+    through ``resolve`` for its refusal and log line.
+    """
+    key = _cached(api_key)
+    dynamic_credentials = _cached(dynamic)
+    if key is _NOT_CACHED or dynamic_credentials is _NOT_CACHED:
+        return None
+    auth = InboxAuth(api_key=key or None, dynamic=dynamic_credentials)
+    return auth if auth.configured else None
+
+
 def presents_credentials(headers: Mapping[str, str], api_key_header: str) -> bool:
     """True when the request carries any header that could authenticate it."""
     return any(headers.get(name) for name in (api_key_header, TOKEN_HEADER))
@@ -110,12 +126,14 @@ def presents_credentials(headers: Mapping[str, str], api_key_header: str) -> boo
 def authenticate(
     headers: Mapping[str, str],
     auth: InboxAuth,
-    caller: Caller,
+    caller: Caller | Callable[[], Caller],
     *,
     api_key_header: str = settings.INBOX_API_KEY_HEADER,
     clock: Callable[[], float] = time.time,
 ) -> str:
     """Accept the request when any credential it presents is valid; returns ``api_key`` or ``token``.
+
+    ``caller`` may be a function returning it, called only to log a refusal.
 
     :raises AuthRefused: 401 otherwise, after logging why.
     """
@@ -132,7 +150,8 @@ def authenticate(
         if verdict == "valid":
             return "token"
         reasons.append({"expired": "expired token", "invalid": "invalid token"}.get(verdict, "token presented but dynamic credentials are off"))
-    _log_refusal(caller, "; ".join(reasons) or "no credentials", headers, (api_key_header, TOKEN_HEADER))
+    who = caller() if callable(caller) else caller
+    _log_refusal(who, "; ".join(reasons) or "no credentials", headers, (api_key_header, TOKEN_HEADER))
     raise AuthRefused(401, _missing_credentials_message(auth, api_key_header), outcome="unauthorized")
 
 
@@ -217,6 +236,13 @@ class ConnectionAuthSource:
                 self._expires = self._clock() + self._ttl
             return self._auth
 
+    def cached(self) -> InboxAuth | None:
+        """What ``current`` returns now without reading the connection, or None when it would read it."""
+        with self._lock:
+            if self._auth is not None and self._auth.configured and self._clock() < self._expires:
+                return self._auth
+            return None
+
     def api_key(self) -> str | None:
         return self.current().api_key
 
@@ -231,3 +257,19 @@ class ConnectionAuthSource:
         if conn is None:
             return InboxAuth()
         return InboxAuth(api_key=conn.password or None, dynamic=DynamicCredentials.from_extra(conn.extra_dejson or {}))
+
+
+_NOT_CACHED: Any = object()
+# The ConnectionAuthSource methods InboxSettings takes as sources, and the InboxAuth field each returns.
+_CACHED_FIELDS = {ConnectionAuthSource.api_key: "api_key", ConnectionAuthSource.dynamic_credentials: "dynamic"}
+
+
+def _cached(source: Any) -> Any:
+    """The source's value if it can be had without I/O, else ``_NOT_CACHED``."""
+    if not callable(source):
+        return source
+    owner, field_name = getattr(source, "__self__", None), _CACHED_FIELDS.get(getattr(source, "__func__", None))
+    if field_name is None or not isinstance(owner, ConnectionAuthSource):
+        return _NOT_CACHED
+    auth = owner.cached()
+    return _NOT_CACHED if auth is None else getattr(auth, field_name)

@@ -13,7 +13,11 @@ own transaction, so one posting the database refuses fails only its own request.
 down every posting of the batch gets its error (the inbox answers 503 and Omni retries).
 
 The writer is a thread, not an asyncio task: the inbox may serve requests from several event loops
-(the API server, tests' clients), and the database calls block anyway.
+(the API server, tests' clients), and the database calls block anyway. While postings keep coming it
+keeps one connection for its transactions (no pool checkout and, on PostgreSQL, no pre-ping round trip
+per batch) and gives it back to the pool once none came for ``IDLE_RETURN_S``. After any failure it
+drops it: the single retries take pooled (pinged) connections and the next batch a fresh one, so a
+restarted database costs one failed attempt, not a lost posting.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from sqlalchemy import Connection
+
 from omni_erp.ledger import Ledger
 from omni_erp.ledger.repo import StoreResult
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 256  # postings per transaction: bounds the statement size and a failed batch's retry
 DEFAULT_MAX_WAIT_S = 0.0  # no waiting by default: a batch is whatever queued while the last commit ran
+IDLE_RETURN_S = 0.05  # the writer's connection goes back to the pool after this long without postings
 
 Outcome = StoreResult | Exception
 
@@ -65,6 +72,8 @@ class PostingWriter:
         self._queue: queue.SimpleQueue[tuple[dict[str, Any], Future[StoreResult]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._connection: Connection | None = None  # the writer thread's, on ``self._connection_ledger``
+        self._connection_ledger: Ledger | None = None
         self.commits = 0  # transactions attempted (batches, and single retries after a failed batch)
 
     async def store(self, posting: dict[str, Any]) -> StoreResult:
@@ -84,8 +93,9 @@ class PostingWriter:
 
     def _ensure_running(self) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # forked after use: the queue and thread belong to the parent
+            if self._pid != os.getpid():  # forked after use: the queue, thread and connection belong to the parent
                 self._queue, self._thread, self._pid = queue.SimpleQueue(), None, os.getpid()
+                self._connection = self._connection_ledger = None
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="omni-inbox-writer", daemon=True)
                 self._thread.start()
@@ -109,7 +119,12 @@ class PostingWriter:
 
     def _next_batch(self) -> list[tuple[dict[str, Any], Future[StoreResult]]]:
         """Block for the first posting, then take what is queued (waiting up to ``max_wait_s`` for more)."""
-        batch = [self._queue.get()]
+        try:
+            first = self._queue.get(timeout=IDLE_RETURN_S) if self._connection is not None else self._queue.get()
+        except queue.Empty:
+            self._close_connection()
+            first = self._queue.get()
+        batch = [first]
         deadline = time.monotonic() + self._max_wait_s
         while len(batch) < self._max_batch:
             try:
@@ -127,8 +142,9 @@ class PostingWriter:
             return [exc] * len(postings)
         try:
             self.commits += 1
-            return list(ledger.record_postings(postings))
+            return list(ledger.record_postings(postings, connection=self._connection_to(ledger)))
         except Exception as exc:
+            self._close_connection()
             if len(postings) == 1:
                 return [exc]
             log.warning(
@@ -144,3 +160,19 @@ class PostingWriter:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
+
+    def _connection_to(self, ledger: Ledger) -> Connection:
+        """The writer's open connection to ``ledger``, opened now if it has none (or had one to another ledger)."""
+        if self._connection is None or self._connection_ledger is not ledger:
+            self._close_connection()
+            self._connection = ledger.engine.connect()
+            self._connection_ledger = ledger
+        return self._connection
+
+    def _close_connection(self) -> None:
+        connection, self._connection, self._connection_ledger = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # already broken: the pool discards it
+                log.debug("inbox: closing the writer's connection failed", exc_info=True)

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, insert, literal, or
 from omni_erp import settings
 from omni_erp.ledger import tables as t
 from omni_erp.ledger.document_scope import DocumentScopeLedger
+from omni_erp.ledger.document_upload import DocumentUploadLedger
 from omni_erp.ledger.engine import get_engine, ledger_identity, ledger_url_for_conn_id, sqlite_url
 from omni_erp.ledger.rms import RmsLedger
 from omni_erp.states import CLAIMED, DEAD, DONE, IGNORED, PENDING, STAGE_INBOX
@@ -78,7 +79,9 @@ class ClaimedPosting:
 REPLAYED = "replayed"
 
 
-class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scoped document reads: ledger/document_scope.py
+# Mixins: RMS verbs (ledger/rms.py), scoped document reads (ledger/document_scope.py), the upload queue and
+# per-document upload writes (ledger/document_upload.py).
+class Ledger(RmsLedger, DocumentScopeLedger, DocumentUploadLedger):
     """The integration ledger over one SQLAlchemy engine (SQLite or PostgreSQL).
 
     :param url: SQLAlchemy URL; the schema is created or migrated on first use.
@@ -182,13 +185,21 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
             ]
         )[0]
 
-    def record_postings(self, postings: list[dict[str, Any]]) -> list[StoreResult]:
+    def record_postings(
+        self, postings: list[dict[str, Any]], *, connection: Connection | None = None
+    ) -> list[StoreResult]:
         """Store several postings in one transaction, each as ``record_posting`` would (the inbox's group commit).
 
-        Each item holds ``record_posting``'s keyword arguments; the results come in the same order. A
-        ``messageId`` repeated within the call is decided as if the items had arrived one after the other:
-        the first is stored, a later one with the same content is a "duplicate", with other content a
-        "conflict". An error rolls the whole call back: none of it is stored.
+        Each item holds ``record_posting``'s keyword arguments, optionally with ``payload_json``, the
+        posting's JSON text as received (stored instead of serialising ``payload`` again); the results
+        come in the same order. A ``messageId`` repeated within the call is decided as if the items had
+        arrived one after the other: the first is stored, a later one with the same content is a
+        "duplicate", with other content a "conflict". An error rolls the whole call back: none of it is
+        stored.
+
+        :param connection: a connection of this ledger's engine that the caller keeps open (the inbox
+            writer's) for this call's transaction: no pool checkout, and on PostgreSQL no pre-ping, per
+            call. Default: the open ``transaction()``, else a new one.
         """
         if not postings:
             return []
@@ -196,9 +207,9 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
         rows = [self._posting_row(ts, **posting) for posting in postings]
         m = t.inbox_message
         repeats = Counter(row["message_id"] for row in rows)
-        with self._write() as conn:
+        with self._write() if connection is None else _begun(connection) as conn:
             # One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING (SQLAlchemy's "insertmanyvalues").
-            statement = _insert_ignoring_conflicts(conn, m).returning(m.c.message_id)
+            statement = _posting_insert(conn)
             inserted = {row.message_id for row in conn.execute(statement, rows)}
             stored_hash = {row["message_id"]: row["content_hash"] for row in rows if repeats[row["message_id"]] == 1}
             undecided = [mid for mid in repeats if mid not in inserted or repeats[mid] > 1]
@@ -226,15 +237,16 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
         order_code: str,
         payload: dict[str, Any],
         state: str = PENDING,
+        payload_json: str | None = None,
     ) -> dict[str, Any]:
-        """The ``inbox_message`` row of a newly received posting."""
+        """The ``inbox_message`` row of a newly received posting (``payload_json``: its JSON text, if at hand)."""
         return dict(
             message_id=message_id,
             event_type=event_type,
             business_key=business_key,
             order_code=order_code,
             content_hash=content_hash(payload),
-            payload=json.dumps(payload, ensure_ascii=False, default=str),
+            payload=json.dumps(payload, ensure_ascii=False, default=str) if payload_json is None else payload_json,
             received_at=ts,
             state=state,
             outcome="not_handled" if state == IGNORED else None,
@@ -900,6 +912,25 @@ class Ledger(RmsLedger, DocumentScopeLedger):  # RMS verbs: ledger/rms.py; scope
             query = query.where(m.c.event_type == event_type)
         with self._read() as conn:
             return [_mapping(r) for r in conn.execute(query).all()]
+
+
+@contextmanager
+def _begun(connection: Connection) -> Iterator[Connection]:
+    """A transaction on ``connection``, committed on exit."""
+    with connection.begin():
+        yield connection
+
+
+_posting_inserts: dict[str, Any] = {}
+
+
+def _posting_insert(conn: Connection) -> Any:
+    """``record_postings``' insert for the connection's dialect, built once per dialect rather than per call."""
+    statement = _posting_inserts.get(conn.dialect.name)
+    if statement is None:
+        m = t.inbox_message
+        statement = _posting_inserts[conn.dialect.name] = _insert_ignoring_conflicts(conn, m).returning(m.c.message_id)
+    return statement
 
 
 def _insert_ignoring_conflicts(conn: Connection, table: Any) -> Any:

@@ -29,6 +29,7 @@ What we *send* (invoices, credit notes) is strict: unknown fields are forbidden 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -41,6 +42,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -55,6 +57,7 @@ _FOUR_PLACES = Decimal("0.0001")
 # Categories refused in received strings: control, format (bidi, zero-width, BOM), surrogates, line/paragraph separators.
 FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+_CEILING = "max_line_quantity"  # key of the validation context holding settings.max_line_quantity()
 
 
 def _kind(value: Any) -> str:
@@ -87,7 +90,7 @@ def forbidden_character(value: str) -> str | None:
 
 def _safe_text(value: Any) -> Any:
     # Runs before trimming, so a trailing newline or bidi mark is refused rather than silently cut.
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.isprintable():  # printable: none of the forbidden categories
         found = forbidden_character(value)
         if found:
             raise PydanticCustomError(
@@ -112,13 +115,16 @@ def _message_id(value: Any) -> str:
     return str(value)
 
 
-def _quantity(value: Any) -> int:
+def _quantity(value: Any, info: ValidationInfo) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PydanticCustomError("quantity", "must be a whole number (JSON integer), not {kind}", {"kind": _kind(value)})
-    try:
-        ceiling = settings.max_line_quantity()
-    except ValueError as exc:  # a deployment error, not bad data: must not become a validation error
-        raise RuntimeError(str(exc)) from exc
+    # parse_posting reads the setting once per posting; other callers read it here, per quantity.
+    ceiling = info.context.get(_CEILING) if isinstance(info.context, dict) else None
+    if ceiling is None:
+        try:
+            ceiling = settings.max_line_quantity()
+        except ValueError as exc:  # a deployment error, not bad data: must not become a validation error
+            raise RuntimeError(str(exc)) from exc
     if not 0 <= value <= ceiling:
         raise PydanticCustomError("quantity", "must be between 0 and {ceiling}", {"ceiling": ceiling})
     return value
@@ -181,12 +187,18 @@ class _Received(BaseModel):
     @classmethod
     def _nulls_are_defaults(cls, data: Any) -> Any:
         """Increff sends ``null`` for optional fields it has no value for: treat it as absent."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or None not in data.values():  # most objects: no null to look at
             return data
-        optional = {key for name, info in cls.model_fields.items() if not info.is_required() for key in (name, info.alias)}
+        optional = _optional_keys(cls)
         if any(data.get(key, 0) is None for key in optional):
             return {key: value for key, value in data.items() if not (value is None and key in optional)}
         return data
+
+
+@functools.cache
+def _optional_keys(model: type[BaseModel]) -> frozenset[str]:
+    """Names and aliases of ``model``'s optional fields."""
+    return frozenset(key for name, info in model.model_fields.items() if not info.is_required() for key in (name, info.alias))
 
 
 class TaxItem(_Received):
@@ -357,12 +369,16 @@ def parse_posting(data: dict[str, Any]) -> OutwardOrderPosting | ReturnOrderPost
 
     :raises pydantic.ValidationError: naming each field that does not match Increff's types.
     """
+    try:
+        context: dict[str, int] | None = {_CEILING: settings.max_line_quantity()}
+    except ValueError:
+        context = None  # each quantity reads the setting again and raises (see _quantity)
     event_type = data.get("eventType")
     if (isinstance(event_type, str) and event_type.strip().startswith("RETURN_ORDER")) or (
         event_type is None and "returnOrderCode" in data
     ):
-        return ReturnOrderPosting.model_validate(data)
-    return OutwardOrderPosting.model_validate(data)
+        return ReturnOrderPosting.model_validate(data, context=context)
+    return OutwardOrderPosting.model_validate(data, context=context)
 
 
 # --- what we send to Omni (strict) -------------------------------------------------------
