@@ -126,3 +126,16 @@ def ledger_snapshot(ledger) -> dict[str, list[tuple]]:
             name: sorted((tuple(map(repr, row)) for row in conn.execute(sa.select(table))), key=repr)
             for name, table in tables.metadata.tables.items()
         }
+
+
+WOULD_POST = r"DRY RUN would POST \S*sales-orders\S* key create:(?P<code>\S+) body (?P<body>\{.*\})$"
+
+
+def would_post_bodies(stack, run_id: str) -> dict[str, dict]:
+    """Order code -> the body the F1 booking task's log says it would POST (a dry run logs one line per order)."""
+    import re
+
+    log = stack.task_log(ORDER_FLOW, run_id, "create_sales_orders", map_index=0)
+    found = [(m["code"], json.loads(m["body"])) for m in re.finditer(WOULD_POST, log, re.MULTILINE)]
+    assert len(found) == len(dict(found)), f"an order logged twice:\n{log}"
+    return dict(found)

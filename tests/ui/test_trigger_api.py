@@ -10,19 +10,14 @@ Slow (a whole Airflow starts, then two runs): marked ``slow``.
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
 
 from omni_erp.sandbox.pusher import generate_orders
 from omni_erp.states import DONE, PENDING
 from tests.flows import store
-from tests.ui.conftest import ORDER_FLOW, ledger_snapshot
+from tests.ui.conftest import ORDER_FLOW, ledger_snapshot, would_post_bodies
 
 pytestmark = pytest.mark.slow
-
-WOULD_POST = re.compile(r"DRY RUN would POST \S*sales-orders\S* key create:(?P<code>\S+) body (?P<body>\{.*\})$", re.MULTILINE)
 
 
 def _trigger(stack, conf: dict):
@@ -34,14 +29,6 @@ def _run(stack, conf: dict) -> dict:
     response = _trigger(stack, conf)
     assert response.status_code == 200, response.text
     return stack.wait_for_run(ORDER_FLOW, response.json()["dag_run_id"], timeout_s=600)
-
-
-def _would_post(stack, run_id: str) -> dict[str, dict]:
-    """Order code -> the body the booking task's log says it would POST (one line per order)."""
-    log = stack.task_log(ORDER_FLOW, run_id, "create_sales_orders", map_index=0)
-    found = [(m["code"], json.loads(m["body"])) for m in WOULD_POST.finditer(log)]
-    assert len(found) == len(dict(found)), f"an order logged twice:\n{log}"
-    return dict(found)
 
 
 def test_a_rest_trigger_with_dry_run_and_order_codes_does_what_the_form_promises(order_flow_stack):
@@ -69,7 +56,7 @@ def test_a_rest_trigger_with_dry_run_and_order_codes_does_what_the_form_promises
     assert ledger_snapshot(ledger) == ledger_before
     assert erp.state()["sales_orders"] == erp_before["sales_orders"]
     assert erp.state()["request_counts"] == erp_before["request_counts"]
-    would_post = _would_post(stack, dry["run_id"])
+    would_post = would_post_bodies(stack, dry["run_id"])
     assert sorted(would_post) == sorted([first, second])
     assert "dry run: nothing was sent or recorded" in stack.task_log(ORDER_FLOW, dry["run_id"], "report_outcome")
 
@@ -81,6 +68,6 @@ def test_a_rest_trigger_with_dry_run_and_order_codes_does_what_the_form_promises
     assert booked == [first]
     states = {p["order_code"]: p["state"] for p in ledger.postings()}
     assert (states[first], states[second], states[third]) == (DONE, PENDING, PENDING)
-    assert _would_post(stack, real["run_id"]) == {}
+    assert would_post_bodies(stack, real["run_id"]) == {}
     sent = next(o["request"] for o in erp.state()["sales_orders"] if o["orderCode"] == first)
     assert would_post[first] == sent  # the dry run logged exactly the body the real run then sent
