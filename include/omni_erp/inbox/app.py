@@ -309,7 +309,7 @@ def _validate(meta: dict[str, Any]) -> dict[str, Any]:
     """Validate the posting in ``meta["raw"]`` into ``Ledger.record_posting``'s arguments; adds the keys known so far to ``meta``."""
     data, text = _parse_json(meta["raw"])
     meta.update(_readable_keys(data))
-    if _ESCAPED_UNSTORABLE.search(text):  # else none can be in it (see the pattern)
+    if _may_hold_unstorable(text):
         _check_storable(data)
     try:
         settings.max_line_quantity()
@@ -370,8 +370,7 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any], str]:
         raise _Rejected(400, f"malformed JSON: {exc}", outcome="rejected") from None
     if not isinstance(data, dict):
         raise _Rejected(400, "the posting must be a JSON object", outcome="rejected")
-    # Each level opens with a bracket, so fewer brackets than the limit (any real posting) need no walk.
-    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _depth(data) > MAX_JSON_DEPTH:
+    if _may_be_too_deep(text) and _depth(data) > MAX_JSON_DEPTH:
         raise _Rejected(413, f"posting nested deeper than {MAX_JSON_DEPTH} levels", outcome="too_deep")
     return data, text
 
@@ -388,6 +387,17 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
         raise ValueError(f"key {ascii(duplicate[:64])} appears more than once in an object")
     return data
+
+
+def _may_be_too_deep(text: str) -> bool:
+    """False when ``text`` (valid JSON) cannot nest deeper than ``MAX_JSON_DEPTH``: each level opens with a
+    bracket, so fewer brackets than that (any real posting) need no walk."""
+    return text.count("{") + text.count("[") > MAX_JSON_DEPTH
+
+
+def _may_hold_unstorable(text: str) -> bool:
+    """False when the object parsed from ``text`` cannot hold NUL or a lone surrogate (``_ESCAPED_UNSTORABLE``)."""
+    return _ESCAPED_UNSTORABLE.search(text) is not None
 
 
 def _depth(data: Any) -> int:
