@@ -69,7 +69,7 @@ class PostingWriter:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[dict[str, Any], Future[StoreResult]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._connection: Connection | None = None  # the writer thread's, on ``self._connection_ledger``
@@ -82,13 +82,19 @@ class PostingWriter:
         :returns: "stored", "duplicate" or "conflict", as ``Ledger.record_posting``.
         :raises Exception: whatever storing this posting raised (its transaction was rolled back).
         """
-        return await asyncio.wrap_future(self.submit(posting))
+        # An asyncio future settled by the writer in one call per batch and loop (see _settle): cheaper
+        # than a concurrent future wrapped for asyncio, which wakes the loop once per posting.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoreResult] = loop.create_future()
+        self._ensure_running()
+        self._queue.put((posting, future, loop))
+        return await future
 
     def submit(self, posting: dict[str, Any]) -> Future[StoreResult]:
         """Queue ``posting``; the future resolves once its transaction committed (or failed)."""
         future: Future[StoreResult] = Future()
         self._ensure_running()
-        self._queue.put((posting, future))
+        self._queue.put((posting, future, None))
         return future
 
     def _ensure_running(self) -> None:
@@ -102,22 +108,16 @@ class PostingWriter:
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
-            # A request that gave up before its batch began is dropped: it was never answered.
-            batch = [(posting, future) for posting, future in batch if future.set_running_or_notify_cancel()]
+            batch = [queued for queued in self._next_batch() if _still_awaited(queued)]
             if not batch:
                 continue
             try:
-                outcomes = self._commit([posting for posting, _ in batch])
+                outcomes = self._commit([posting for posting, _, _ in batch])
             except BaseException as exc:  # never leave a request waiting, whatever went wrong here
                 outcomes = [exc if isinstance(exc, Exception) else RuntimeError(repr(exc))] * len(batch)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            _settle(batch, outcomes)
 
-    def _next_batch(self) -> list[tuple[dict[str, Any], Future[StoreResult]]]:
+    def _next_batch(self) -> list[_Queued]:
         """Block for the first posting, then take what is queued (waiting up to ``max_wait_s`` for more)."""
         try:
             first = self._queue.get(timeout=IDLE_RETURN_S) if self._connection is not None else self._queue.get()
@@ -176,3 +176,43 @@ class PostingWriter:
                 connection.close()
             except Exception:  # already broken: the pool discards it
                 log.debug("inbox: closing the writer's connection failed", exc_info=True)
+
+
+# A queued posting and who waits for it: an asyncio future with its loop (``store``) or a concurrent future (``submit``).
+_Queued = tuple[dict[str, Any], "asyncio.Future[StoreResult] | Future[StoreResult]", "asyncio.AbstractEventLoop | None"]
+
+
+def _still_awaited(queued: _Queued) -> bool:
+    """False for a request that gave up before its batch began: it is dropped, as it was never answered."""
+    _, future, loop = queued
+    if loop is None:
+        return future.set_running_or_notify_cancel()  # type: ignore[union-attr]
+    return not future.cancelled()
+
+
+def _settle(batch: list[_Queued], outcomes: list[Outcome]) -> None:
+    """Hand each request its outcome; each event loop is woken once for all of its requests in the batch."""
+    per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Outcome]]] = {}
+    for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
+        if loop is None:
+            _set(future, outcome)
+        else:
+            per_loop.setdefault(loop, []).append((future, outcome))
+    for loop, settled in per_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, settled)
+        except RuntimeError:  # the loop is closed: nobody waits for these answers any more
+            log.debug("inbox: %d answers for a closed event loop dropped", len(settled))
+
+
+def _set_all(settled: list[tuple[Any, Outcome]]) -> None:
+    for future, outcome in settled:
+        if not future.done():  # a request cancelled meanwhile (client gone) takes no answer
+            _set(future, outcome)
+
+
+def _set(future: Any, outcome: Outcome) -> None:
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
