@@ -14,6 +14,10 @@ cannot load these servers (they top out near 400 requests/s here), hence ``wrk``
 installs it from the system packages when missing.
 
 Targets (issue 8): the inbox serves >= 50% of the bare endpoint's rate on each backend, p99 < 100 ms.
+
+Each measured run also reports ``server_cpu_ms_per_request``: CPU seconds (user + system, read from
+``/proc``) the server's processes spent during the run, per answered request. Unlike the rates it hardly
+depends on what else the machine runs, so it compares code changes on a busy host.
 """
 
 from __future__ import annotations
@@ -138,6 +142,11 @@ class Server:
         if statuses != {200}:
             raise RuntimeError(f"{self.url}: first postings answered {statuses}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its worker processes (Linux ``/proc``)."""
+        assert self._proc is not None
+        return process_tree_cpu_seconds(self._proc.pid)
+
     def __exit__(self, *exc: object) -> None:
         assert self._proc is not None
         self._proc.terminate()
@@ -146,6 +155,27 @@ class Server:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(5)
+
+
+def process_tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of ``root_pid`` and its living descendants, from ``/proc/<pid>/stat``."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ..., utime, stime
+        parents[int(entry)], ticks[int(entry)] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, grown = {root_pid}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grown = bool(children)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_http(url: str, timeout_s: float = 60) -> None:
@@ -191,17 +221,22 @@ def run_wrk(url: str, seconds: float, first_id: int, body_file: Path) -> dict[st
     }
 
 
-def measure(url: str, postings: int, first_id: int, body_file: Path) -> dict[str, Any]:
+def measure(server: Server, postings: int, first_id: int, body_file: Path) -> dict[str, Any]:
     """A warm-up, a short run to learn the rate, then one long enough for about ``postings`` requests at that rate.
 
-    (wrk stops by time, not by count.) The result is the last run's; the warm-ups' answers are added up.
+    (wrk stops by time, not by count.) The result is the last run's, with the server's CPU time per
+    answered request during it; the warm-ups' answers are added up.
     """
+    url = server.url
     warm = run_wrk(url, WARM_UP_S, first_id, body_file)
     calibration = run_wrk(url, WARM_UP_S, first_id + WRK_THREADS * ID_STRIDE, body_file)
     seconds = min(MAX_SECONDS, max(3.0, 1.25 * postings / max(calibration["requests_per_s"], 1.0)))  # rates sag under load
+    cpu_before = server.cpu_seconds()
     result = run_wrk(url, seconds, first_id + 2 * WRK_THREADS * ID_STRIDE, body_file)
+    cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(result["answered"], 1)
     warm = {key: warm[key] + calibration[key] for key in ("answered", "non_200")}
-    return {**result, "warm_up_answered": warm["answered"], "warm_up_non_200": warm["non_200"]}
+    return {**result, "server_cpu_ms_per_request": round(cpu_ms, 3), "warm_up_answered": warm["answered"],
+            "warm_up_non_200": warm["non_200"]}
 
 
 def _stored_postings(ledger_url: str) -> int:
@@ -220,9 +255,9 @@ def bench_backend(ledger_url: str, postings: int, workers: int, work: Path, firs
     body_file = work / "posting.json"
     body_file.write_text(posting_template())
     with Server.bare() as bare:
-        bare_result = measure(bare.url, postings, first_id, body_file)
+        bare_result = measure(bare, postings, first_id, body_file)
     with Server.inbox(ledger_url, workers) as inbox:
-        inbox_result = measure(inbox.url, postings, first_id, body_file)
+        inbox_result = measure(inbox, postings, first_id, body_file)
     stored = _stored_postings(ledger_url)
     ok = inbox_result["answered"] + inbox_result["warm_up_answered"] + CONNECTIONS
     # Each 200 is a committed row (requests still in flight when wrk stopped may add a few more).
@@ -234,6 +269,7 @@ def bench_backend(ledger_url: str, postings: int, workers: int, work: Path, firs
         "inbox": inbox_result,
         "rows_stored": stored,
         "ratio_to_bare": round(inbox_result["requests_per_s"] / bare_result["requests_per_s"], 3),
+        "cpu_ratio_to_bare": round(inbox_result["server_cpu_ms_per_request"] / max(bare_result["server_cpu_ms_per_request"], 1e-6), 2),
     }
 
 

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            access_log=False,  # the inbox logs each posting itself, with its outcome
         )
     else:
         uvicorn.run(
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            access_log=False,
         )
     return 0
 
