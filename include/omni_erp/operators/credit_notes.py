@@ -89,7 +89,7 @@ class OmniCreditNoteUploadOperator(OmniDocumentUploadOperator):
     label = "credit note"
     pdf_field = "signedCreditNotePdf"
 
-    def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
+    def build(self, document: dict[str, Any], pdf_base64: str | None, context: Any = None) -> BaseModel:
         from omni_erp.models.erp import ErpCreditNote
         from omni_erp.models.omni import CreditNote
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,7 +19,6 @@ from omni_erp.states import (
     DOC_UPLOAD_FAILED,
     DOC_UPLOADED,
 )
-from omni_erp.timeutil import now
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -26,13 +27,42 @@ if TYPE_CHECKING:
     from omni_erp.hooks.omni import OmniHook
 
 DOCUMENT_MODES = ("url", "pdf")
+# Documents per page of the upload queue: what the operator reads about them (``page_context``) is read once
+# per page, not once per document.
+PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class QueuedDocument:
+    """One document of the upload queue as its page read it, with what the page read about it (``page_context``).
+
+    ``order_code`` makes ``process_each`` handle the documents of one order one after the other.
+    """
+
+    document: dict[str, Any]
+    context: Any
+    label: str
+
+    @property
+    def number(self) -> str:
+        return self.document["doc_number"]
+
+    @property
+    def order_code(self) -> str | None:
+        return self.document.get("order_code")
+
+    def __repr__(self) -> str:  # process_each names the item in its log lines
+        return f"{self.label} {printable(self.number)!r}"
 
 
 class OmniDocumentUploadOperator(ErpOperator):
     """Upload every ready document of one type to Omni, once per document number.
 
-    The state is checked right before each call, so a retried task or a re-run sends nothing that
-    was already uploaded. Omni's 4xx, or a body that cannot be built from the document, marks the
+    The queue is read a page at a time (with what ``page_context`` needs about the page's documents); right
+    before each call the document is taken for the attempt by a compare-and-set on its state and attempt
+    count (``Ledger.take_document``), so a retried task, a re-run or another try beside this one sends
+    nothing that was already uploaded or taken meanwhile. Each document's state change is its own
+    transaction, as soon as Omni answers. Omni's 4xx, or a body that cannot be built from the document, marks the
     document failed with the reason (Increff's ``code``, ``message`` and ``description``) and
     dead-letters it, in one transaction; it stays failed until someone fixes the cause and re-triggers
     with ``retry_failed``. 5xx and timeouts are retried by the hook; if Omni stays down the documents
@@ -82,8 +112,15 @@ class OmniDocumentUploadOperator(ErpOperator):
 
         return self.limited(OmniHook(self.omni_conn_id, on_attempt=self.record_attempt))
 
-    def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
-        """The Omni body for a ledger document; raises ``PayloadError``/``ValueError`` when it cannot be built."""
+    def page_context(self, documents: list[dict[str, Any]]) -> Any:
+        """What ``skip_reason`` and ``build`` need from the ledger about a page of documents, read once per page."""
+        return None
+
+    def build(self, document: dict[str, Any], pdf_base64: str | None, context: Any = None) -> BaseModel:
+        """The Omni body for a ledger document; raises ``PayloadError``/``ValueError`` when it cannot be built.
+
+        :param context: ``page_context`` of the document's page.
+        """
         raise NotImplementedError
 
     def send(self, body: Any) -> None:
@@ -94,8 +131,8 @@ class OmniDocumentUploadOperator(ErpOperator):
         """Omni's endpoint for this document type and the key that names the upload in logs (``keys``)."""
         raise NotImplementedError
 
-    def skip_reason(self, document: dict[str, Any]) -> str | None:
-        """Why a ready document must not be uploaded any more (None: upload it)."""
+    def skip_reason(self, document: dict[str, Any], context: Any = None) -> str | None:
+        """Why a ready document must not be uploaded any more (None: upload it); ``context``: its page's."""
         return None
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -105,6 +142,7 @@ class OmniDocumentUploadOperator(ErpOperator):
         # A run for some orders or a window re-sends what Omni rejected of them too, as retry_failed does.
         retry = as_bool(self.retry_failed) or scope.selective
         states = [DOC_READY, DOC_UPLOAD_FAILED] if retry else [DOC_READY]
+        pages: Iterable[list[dict[str, Any]]]
         if scope.selective:
             documents = self.ledger.select_documents(
                 self.doc_type, states=states, order_codes=scope.order_codes, window=scope.window
@@ -113,35 +151,42 @@ class OmniDocumentUploadOperator(ErpOperator):
                 "%d %s(s) of this run's scope to upload, rejected ones included: %s", len(documents), self.label,
                 ", ".join(printable(d["doc_number"]) for d in documents[:20]) + (" ..." if len(documents) > 20 else ""),
             )
+            pages = (documents[i : i + PAGE_SIZE] for i in range(0, len(documents), PAGE_SIZE))
         else:
-            documents = self.ledger.documents(self.doc_type, states=states)
+            pages = self.ledger.upload_queue(self.doc_type, states=states, page_size=PAGE_SIZE)
         if scope.dry_run:
-            return self._dry_run(documents)
+            return self._dry_run(self._queue(pages))
         return self.process_each(
-            [d["doc_number"] for d in documents],
-            lambda number: self._upload_one(number, states),
-            defer=self._defer,
-            give_up=self._fail,
-            attempts=self._earlier_attempts,
+            self._queue(pages),
+            self._upload_one,
+            defer=lambda item, reason: self._defer(item.number, reason),
+            give_up=lambda item, reason: self._fail(item.number, reason),
+            attempts=_earlier_attempts,
             max_consecutive_unavailable=self.max_consecutive_unavailable,
         )
 
-    def _upload_one(self, number: str, states: list[str]) -> str:
-        ledger = self.ledger
-        document = ledger.get_document(self.doc_type, number)
-        if document is None or document["state"] not in states:
-            return "skipped"  # uploaded or changed since the list was read: never send twice
-        if (reason := self.skip_reason(document)) is not None:
-            ledger.update_document(self.doc_type, number, state=DOC_SKIPPED, reason=reason, batch_id=self.batch_id)
+    def _queue(self, pages: Iterable[list[dict[str, Any]]]) -> Iterator[QueuedDocument]:
+        """The documents of ``pages``, each with its page's ``page_context`` (read when the page is reached)."""
+        for page in pages:
+            context = self.page_context(page)
+            for document in page:
+                yield QueuedDocument(document, context, self.label)
+
+    def _upload_one(self, item: QueuedDocument) -> str:
+        ledger, document, number = self.ledger, item.document, item.number
+        read_as = {"state": document["state"], "attempts": document["upload_attempts"], "batch_id": self.batch_id}
+        if (reason := self.skip_reason(document, item.context)) is not None:
+            if not ledger.skip_document(self.doc_type, number, reason=reason, **read_as):
+                return "skipped"  # uploaded or changed since its page was read
             self.log.info("%s %s not uploaded: %s", self.label, number, reason)
             return DOC_SKIPPED
-        # Counted before the body is built, so a document that keeps failing in any step reaches the bound.
-        ledger.update_document(
-            self.doc_type, number, upload_attempts=document["upload_attempts"] + 1, batch_id=self.batch_id
-        )
+        # Taken (and the attempt counted) before the body is built, so a document that keeps failing in any step
+        # reaches the bound; not taken: uploaded or changed since its page was read - never send twice.
+        if not ledger.take_document(self.doc_type, number, **read_as):
+            return "skipped"
         try:
             pdf = self._pdf(document) if self.document == "pdf" else None
-            body = self.build(document, pdf)
+            body = self.build(document, pdf, item.context)
         except RemoteRejectedError as exc:
             return self._fail(number, f"PDF download from the ERP refused (HTTP {exc.status}): {exc.message}")
         except (PayloadError, ValueError) as exc:
@@ -151,9 +196,7 @@ class OmniDocumentUploadOperator(ErpOperator):
         except RemoteRejectedError as exc:
             code = f"{exc.code}: " if exc.code else ""
             return self._fail(number, f"Omni rejected the {self.label} (HTTP {exc.status}) {code}{exc.message}")
-        ledger.update_document(
-            self.doc_type, number, state=DOC_UPLOADED, uploaded_at=now(), reason=None, batch_id=self.batch_id
-        )
+        ledger.mark_document_uploaded(self.doc_type, number, batch_id=self.batch_id)
         return DOC_UPLOADED
 
     def _pdf(self, document: dict[str, Any]) -> str:
@@ -168,17 +211,19 @@ class OmniDocumentUploadOperator(ErpOperator):
 
     # --- dry run ------------------------------------------------------------------------------------
 
-    def _dry_run(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
+    def _dry_run(self, documents: Iterable[QueuedDocument]) -> dict[str, Any]:
         """Log what uploading ``documents`` would send and record; send nothing, write nothing.
 
         Each document on its own, as a real run: a problem is logged and counted, never stops the rest, and
         never fails the task (the dry run's answer is the log); only a ledger outage or an Airflow error does.
         """
         counts: Counter[str] = Counter()
-        for document in documents:
-            number = printable(document["doc_number"])
+        selected = 0
+        for item in documents:
+            selected += 1
+            number = printable(item.number)
             try:
-                outcome = self._preview_one(document)
+                outcome = self._preview_one(item.document, item.context)
             except RemoteUnavailableError as exc:
                 self.log.warning("DRY RUN %s %s would wait for the next run (stays %s): %s", self.label, number, DOC_READY, exc)
                 outcome = "would_defer"
@@ -191,24 +236,24 @@ class OmniDocumentUploadOperator(ErpOperator):
                 )
                 outcome = "would_defer"
             counts[outcome] += 1
-        summary = {"batch_id": self.batch_id, "dry_run": True, "selected": len(documents), **{k: counts[k] for k in sorted(counts)}}
+        summary = {"batch_id": self.batch_id, "dry_run": True, "selected": selected, **{k: counts[k] for k in sorted(counts)}}
         self.log.info("DRY RUN %s: %s (nothing was sent or recorded)", self.task_id, summary)
         return summary
 
-    def _preview_one(self, document: dict[str, Any]) -> str:
+    def _preview_one(self, document: dict[str, Any], context: Any) -> str:
         """The body ``_upload_one`` would send for one document, logged; or why it would not send one."""
         import hashlib
 
         number = document["doc_number"]
         shown = printable(number)
-        if (reason := self.skip_reason(document)) is not None:
+        if (reason := self.skip_reason(document, context)) is not None:
             self.log.info("DRY RUN would not upload %s %s (would mark it %s): %s", self.label, shown, DOC_SKIPPED, reason)
             return "would_skip"
         pdf: bytes | None = None
         try:
             if self.document == "pdf":
                 pdf = self._pdf_bytes(document)
-            body = self.build(document, _base64(pdf) if pdf is not None else None)
+            body = self.build(document, _base64(pdf) if pdf is not None else None, context)
         except RemoteRejectedError as exc:
             reason = f"PDF download from the ERP refused (HTTP {exc.status}): {exc.message}"
         except (PayloadError, ValueError) as exc:
@@ -240,17 +285,17 @@ class OmniDocumentUploadOperator(ErpOperator):
         self.log.error("%s %s: %s", self.label, number, reason)
         return DOC_UPLOAD_FAILED
 
-    def _earlier_attempts(self, number: str) -> int:
-        """Failed attempts before the current one (``_upload_one`` counted the current one before it failed)."""
-        document = self.ledger.get_document(self.doc_type, number)
-        return max(0, (document["upload_attempts"] if document else 0) - 1)
-
     def _defer(self, number: str, reason: str) -> None:
         """Keep the document ready (a re-triggered failed one too), so the next run tries again, and say why."""
         self.ledger.update_document(
             self.doc_type, number, state=DOC_READY, reason=printable(f"waiting for the next run: {reason}")[:2000],
             batch_id=self.batch_id,
         )
+
+
+def _earlier_attempts(item: QueuedDocument) -> int:
+    """Failed attempts before the current one: the count its page read (``_upload_one`` then counted this one)."""
+    return int(item.document["upload_attempts"] or 0)
 
 
 def _base64(data: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import settings
@@ -121,12 +122,16 @@ class OmniInvoiceUploadOperator(OmniDocumentUploadOperator):
     label = "invoice"
     pdf_field = "invoicePdf"
 
-    def build(self, document: dict[str, Any], pdf_base64: str | None) -> BaseModel:
+    def page_context(self, documents: list[dict[str, Any]]) -> _Orders:
+        codes = [d["order_code"] for d in documents]
+        return _Orders(self.ledger.orders_by_code(codes), self.ledger.orders_with_open_postings(codes, settings.EVENT_CANCEL))
+
+    def build(self, document: dict[str, Any], pdf_base64: str | None, context: _Orders | None = None) -> BaseModel:
         from omni_erp.models.erp import EInvoice
         from omni_erp.models.omni import B2BInvoice, InvoiceLine
 
         invoice = EInvoice.model_validate(document["payload"])
-        order = self.ledger.get_order(invoice.order_code)
+        order = _order(self.ledger, context, invoice.order_code)
         if order is None or not order["po_number"]:
             raise PayloadError(f"order {invoice.order_code} or its Ajio PO is no longer in the ledger")
         invoiced: Counter[str] = Counter()
@@ -158,12 +163,29 @@ class OmniInvoiceUploadOperator(OmniDocumentUploadOperator):
 
         return B2B_INVOICE_ENDPOINT, keys.omni_invoice(number)
 
-    def skip_reason(self, document: dict[str, Any]) -> str | None:
+    def skip_reason(self, document: dict[str, Any], context: _Orders | None = None) -> str | None:
         # F3 may cancel the order between matching and upload (its IRN is then cancelled too).
-        order = self.ledger.get_order(document["order_code"])
+        code = document["order_code"]
+        order = _order(self.ledger, context, code)
         if order is not None and order["state"] == ORDER_CANCELLED:
             return f"order {order['order_code']} was cancelled in Omni ({order['cancel_route'] or 'route unknown'})"
-        if self.ledger.has_open_posting(document["order_code"], settings.EVENT_CANCEL):
+        cancelling = code in context.cancelling if context is not None else self.ledger.has_open_posting(code, settings.EVENT_CANCEL)
+        if cancelling:
             # Omni cancelled the order and F3 has not finished it yet (e.g. it waits for this very invoice).
             return f"order {document['order_code']} has a cancellation waiting to be processed"
         return None
+
+
+@dataclass(frozen=True)
+class _Orders:
+    """``page_context`` of e-invoices: the page's orders by code, and those with a cancellation waiting for F3."""
+
+    by_code: dict[str, dict[str, Any]]
+    cancelling: set[str]
+
+
+def _order(ledger: Any, context: _Orders | None, order_code: str) -> dict[str, Any] | None:
+    """The order as the page read it (or from the ledger, outside a page or for a code the page did not hold)."""
+    if context is not None and order_code in context.by_code:
+        return context.by_code[order_code]
+    return ledger.get_order(order_code)
