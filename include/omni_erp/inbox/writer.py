@@ -16,8 +16,8 @@ The writer is a thread, not an asyncio task: the inbox may serve requests from s
 (the API server, tests' clients), and the database calls block anyway. While postings keep coming it
 keeps one connection for its transactions (no pool checkout and, on PostgreSQL, no pre-ping round trip
 per batch) and gives it back to the pool once none came for ``IDLE_RETURN_S``. After any failure it
-drops it: the single retries take pooled (pinged) connections and the next batch a fresh one, so a
-restarted database costs one failed attempt, not a lost posting.
+drops it; when the database had dropped it (a restart, an idle timeout), the batch is stored again on
+a pooled connection, which the pool pings first, so that costs the requests nothing but a retry.
 """
 
 from __future__ import annotations
@@ -141,10 +141,8 @@ class PostingWriter:
         except Exception as exc:  # the ledger cannot be resolved or opened: nothing can be stored
             return [exc] * len(postings)
         try:
-            self.commits += 1
-            return list(ledger.record_postings(postings, connection=self._connection_to(ledger)))
+            return self._commit_batch(ledger, postings)
         except Exception as exc:
-            self._close_connection()
             if len(postings) == 1:
                 return [exc]
             log.warning(
@@ -160,6 +158,21 @@ class PostingWriter:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
+
+    def _commit_batch(self, ledger: Ledger, postings: list[dict[str, Any]]) -> list[Outcome]:
+        """One transaction on the kept connection; if the database had dropped that connection (a restart,
+        an idle timeout), once more on a pooled one, which the pool pings first."""
+        try:
+            self.commits += 1
+            return list(ledger.record_postings(postings, connection=self._connection_to(ledger)))
+        except Exception as exc:
+            self._close_connection()
+            if not getattr(exc, "connection_invalidated", False):
+                raise
+            log.warning("inbox: the ledger dropped the writer's connection (%s); storing the batch again", type(exc).__name__)
+        # Safe to repeat: a posting the lost commit did store is now a duplicate of the same content (200 again).
+        self.commits += 1
+        return list(ledger.record_postings(postings))
 
     def _connection_to(self, ledger: Ledger) -> Connection:
         """The writer's open connection to ``ledger``, opened now if it has none (or had one to another ledger)."""
