@@ -71,7 +71,6 @@ class ErpSalesReturnOperator(DryRunErpOperator):
         - while ``process_each`` serialises on one; returns are a small share of the volume, so the batch
         order decides, as before concurrency."""
         return 1
-        self._via_rms = False
 
     def execute(self, context: Context) -> dict[str, Any]:
         path = settings.credit_note_path(None if str(self.credit_note_path or "") == "None" else self.credit_note_path)
