@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, case, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, literal, or_, select, update
 
 from omni_erp import settings
 from omni_erp.ledger import tables as t
@@ -442,13 +442,11 @@ class Ledger(RmsLedger, DocumentScopeLedger, DocumentUploadLedger):
         With ``batch_id`` it applies only while that batch still holds the posting, so a slow first try
         of a task can never overwrite what a later run (which reclaimed the posting) recorded.
         """
-        m = t.inbox_message
+        values = {"_message_id": message_id, "state": state, "outcome": outcome, "last_error": _text(error), "updated_at": now()}
+        if batch_id is not None:
+            values["_batch_id"] = batch_id
         with self._write() as conn:
-            return conn.execute(
-                update(m)
-                .where(m.c.message_id == message_id, *_held_by(batch_id))
-                .values(state=state, outcome=outcome, last_error=_text(error), lease_until=None, updated_at=now())
-            ).rowcount == 1
+            return conn.execute(_FINISH_POSTING[batch_id is not None], values).rowcount == 1
 
     def dead_letter_posting(
         self,
@@ -522,10 +520,9 @@ class Ledger(RmsLedger, DocumentScopeLedger, DocumentUploadLedger):
 
     def update_order_if(self, order_code: str, *, expected_state: str, **values: Any) -> bool:
         """Update the order only while it is still in ``expected_state`` (compare-and-set); True if applied."""
-        o = t.ajio_order
         with self._write() as conn:
             changed = conn.execute(
-                update(o).where(o.c.order_code == order_code, o.c.state == expected_state).values(updated_at=now(), **values)
+                _UPDATE_ORDER_IF, {"_order_code": order_code, "_expected_state": expected_state, "updated_at": now(), **values}
             ).rowcount
         return changed == 1
 
@@ -554,7 +551,7 @@ class Ledger(RmsLedger, DocumentScopeLedger, DocumentUploadLedger):
 
     def get_order(self, order_code: str) -> dict[str, Any] | None:
         with self._read() as conn:
-            row = conn.execute(select(t.ajio_order).where(t.ajio_order.c.order_code == order_code)).first()
+            row = conn.execute(_GET_ORDER, {"_order_code": order_code}).first()
         return _order(row) if row else None
 
     def register_order(
@@ -1091,3 +1088,22 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+# Hot statements built once (F1 books hundreds of orders a second): building a statement and its cache key
+# per call cost more CPU than SQLite running it; SQLAlchemy memoises the key per statement object. The columns
+# to SET are the execution parameters named after columns (bound parameters start with "_").
+_GET_ORDER = select(t.ajio_order).where(t.ajio_order.c.order_code == bindparam("_order_code"))
+_UPDATE_ORDER_IF = update(t.ajio_order).where(
+    t.ajio_order.c.order_code == bindparam("_order_code"), t.ajio_order.c.state == bindparam("_expected_state")
+)
+# finish_posting, by "only while batch _batch_id still holds the posting"
+_FINISH_POSTING = {
+    held: update(t.inbox_message)
+    .where(
+        t.inbox_message.c.message_id == bindparam("_message_id"),
+        *((t.inbox_message.c.batch_id == bindparam("_batch_id"), t.inbox_message.c.state == CLAIMED) if held else ()),
+    )
+    .values(lease_until=None)
+    for held in (False, True)
+}
