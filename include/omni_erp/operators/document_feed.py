@@ -265,16 +265,17 @@ class ErpDocumentFetchOperator(ErpOperator):
         self.log.info("DRY RUN read %s feed: %s (nothing was recorded)", self.doc_type, summary)
         return summary
 
-    def _preview_one(self, entry: Any, seq: int | None) -> DocumentRead:
-        """What ``_read_one`` would do with one feed document, logged with ``DRY RUN``; reads the ledger only."""
+    def _unpack(self, entry: Any) -> tuple[Any, Any, Any, str | None]:
+        """A feed entry as (its raw number, its payload, the parsed document or None, the contract problem or None)."""
         from omni_erp.models.erp import UnreadableDocument
 
         if isinstance(entry, UnreadableDocument):
-            raw_number, payload, document = entry.get(self.number_alias), entry.raw, None
-            problem: str | None = f"the ERP's document breaks the contract: {entry.problem}"
-        else:
-            raw_number, document = self.number(entry), entry
-            payload, problem = entry.model_dump(mode="json", by_alias=True), None
+            return entry.get(self.number_alias), entry.raw, None, f"the ERP's document breaks the contract: {entry.problem}"
+        return self.number(entry), entry.model_dump(mode="json", by_alias=True), entry, None
+
+    def _preview_one(self, entry: Any, seq: int | None) -> DocumentRead:
+        """What ``_read_one`` would do with one feed document, logged with ``DRY RUN``; reads the ledger only."""
+        raw_number, payload, document, problem = self._unpack(entry)
         number = usable_number(raw_number)
         if number is None:
             shown = "none" if raw_number is None else printable(repr(raw_number))[:80]
@@ -319,14 +320,7 @@ class ErpDocumentFetchOperator(ErpOperator):
 
     def _read_one(self, entry: Any, seq: int | None) -> DocumentRead:
         """Record one feed document, or tell why not; raises only when nothing at all could be recorded."""
-        from omni_erp.models.erp import UnreadableDocument
-
-        if isinstance(entry, UnreadableDocument):
-            raw_number, payload, document = entry.get(self.number_alias), entry.raw, None
-            problem: str | None = f"the ERP's document breaks the contract: {entry.problem}"
-        else:
-            raw_number, document = self.number(entry), entry
-            payload, problem = entry.model_dump(mode="json", by_alias=True), None
+        raw_number, payload, document, problem = self._unpack(entry)
         number = usable_number(raw_number)
         if number is None:
             return self._dead_letter_without_number(raw_number, seq, payload, problem)
