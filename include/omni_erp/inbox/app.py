@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from omni_erp import settings
 from omni_erp.inbox import auth
@@ -99,6 +100,9 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"hasError": True, "errorMessage": message}, status_code=status)
 
 
+_INTERNAL_ERROR = error_response(500, "internal error in the inbox")  # immutable once rendered; sent as is
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer FastAPI's own errors (404, 405, 422, 500) in Increff's shape too."""
 
@@ -112,11 +116,59 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, _describe_errors(exc.errors()))
 
     async def server_error(_request: Request, _exc: Exception) -> JSONResponse:
-        return error_response(500, "internal error in the inbox")
+        return _INTERNAL_ERROR
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, server_error)
+
+
+PostingEndpoint = Callable[[Request], Awaitable[Response]]
+
+
+class InboxApp(FastAPI):
+    """A FastAPI app that answers ``POST <postings_path>`` itself, before the framework's per-request layers.
+
+    Routing (Mount, Route) and the middleware stack cost the inbox more CPU than storing a posting, and
+    the postings route needs none of it: its endpoint takes the request, returns the response and
+    answers every refusal itself. So that one request goes straight to the endpoint, with the same 500
+    answer for an unexpected exception as FastAPI's stack gives (``install_error_handlers``); every
+    other request (and a POST to any other path, e.g. with a trailing slash) goes through FastAPI.
+    The route stays registered too, for an app that reaches this one through its own routing.
+    """
+
+    postings_path: str | None = None  # matched against the path below ``root_path`` (a mount's prefix)
+    postings_endpoint: PostingEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.postings_endpoint is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and _route_path(scope) == self.postings_path
+        ):
+            await _serve_directly(self.postings_endpoint, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path below ``root_path`` (what a mount's prefix leaves), as Starlette's routing sees it."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    return path[len(root_path) :] if root_path and path.startswith(root_path) else path
+
+
+async def _serve_directly(endpoint: PostingEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer one request with ``endpoint``; an unexpected exception is answered 500 and re-raised for the
+    server to log, as Starlette's ``ServerErrorMiddleware`` does."""
+    request = Request(scope, receive)
+    try:
+        response = await endpoint(request)
+    except Exception:
+        await _INTERNAL_ERROR(scope, receive, send)
+        raise
+    await response(scope, receive, send)
 
 
 class _LazyLedger(CurrentLedger):
@@ -131,7 +183,7 @@ class _LazyLedger(CurrentLedger):
         )
 
 
-def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
+def create_inbox_app(inbox_settings: InboxSettings) -> InboxApp:
     """Build the inbox app: ``POST /postings`` (one Omni posting per call), ``GET /postings`` (Increff's
     Get Credential call, ``inbox.credentials``) and ``GET /health``.
 
@@ -141,7 +193,7 @@ def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
 
     :param inbox_settings: credential and ledger sources.
     """
-    app = FastAPI(title="Omni inbox", docs_url=None, redoc_url=None, openapi_url=None)
+    app = InboxApp(title="Omni inbox", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     ledger = _LazyLedger(inbox_settings)
     # One writer per app, so per server process: concurrent postings share its transactions (inbox.writer).
@@ -187,6 +239,7 @@ def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
         return response
 
     app.add_route("/postings", receive_posting, methods=["POST"])
+    app.postings_path, app.postings_endpoint = "/postings", receive_posting
 
     @app.get("/postings")
     async def issue_credentials(request: Request) -> JSONResponse:
@@ -216,7 +269,7 @@ def create_inbox_app(inbox_settings: InboxSettings) -> FastAPI:
     return app
 
 
-def build_standalone_app(inbox_settings: InboxSettings) -> FastAPI:
+def build_standalone_app(inbox_settings: InboxSettings) -> InboxApp:
     """A parent app with the inbox mounted at ``/omni``, as the Airflow API server mounts the plugin.
 
     Used by ``python -m omni_erp.inbox``, tests and the demo, so Omni's configured URL is the same
@@ -224,9 +277,12 @@ def build_standalone_app(inbox_settings: InboxSettings) -> FastAPI:
 
     :param inbox_settings: API key and ledger sources for the inbox.
     """
-    app = FastAPI(title="Omni inbox (standalone)", docs_url=None, redoc_url=None, openapi_url=None)
+    app = InboxApp(title="Omni inbox (standalone)", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-    app.mount(URL_PREFIX, create_inbox_app(inbox_settings))
+    inbox = create_inbox_app(inbox_settings)
+    app.mount(URL_PREFIX, inbox)
+    # Postings skip the parent's routing too, straight to the inbox's endpoint (same request, same answer).
+    app.postings_path, app.postings_endpoint = URL_PREFIX + (inbox.postings_path or ""), inbox.postings_endpoint
     return app
 
 
