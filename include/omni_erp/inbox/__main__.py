@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _hold_log_level(args.log_level)
     credentials = ConnectionAuthSource(settings.INBOX_CONN_ID)
     problem = _startup_problem(args, credentials)
     if problem:
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving the Omni inbox on http://%s:%d%s/postings", args.host, args.port, URL_PREFIX)
     if args.workers > 1:
         # uvicorn starts each worker process from an import string; the worker rebuilds the settings from this.
-        os.environ[_WORKER_ARGS_ENV] = json.dumps({"ledger_url": args.ledger_url, "api_key_env": args.api_key_env})
+        os.environ[_WORKER_ARGS_ENV] = json.dumps(
+            {"ledger_url": args.ledger_url, "api_key_env": args.api_key_env, "log_level": args.log_level}
+        )
         uvicorn.run(
             "omni_erp.inbox.__main__:worker_app",
             factory=True,
@@ -108,6 +111,16 @@ def main(argv: list[str] | None = None) -> int:
 _WORKER_ARGS_ENV = "OMNI_ERP_INBOX_WORKER_ARGS"
 
 
+def _hold_log_level(level: str) -> None:
+    """Apply ``--log-level`` to the package's loggers, so it holds after Airflow configures logging.
+
+    Importing Airflow (the connection lookups) replaces the root logger's configuration with its own
+    (``[logging] logging_level``), which silently undid ``basicConfig``'s level; Airflow leaves the
+    ``omni_erp`` logger's own level alone.
+    """
+    logging.getLogger("omni_erp").setLevel(level.upper())
+
+
 def _settings(ledger_url: str | None, api_key_env: str | None, credentials: ConnectionAuthSource) -> InboxSettings:
     return InboxSettings(
         api_key=(lambda: os.environ.get(api_key_env) or None) if api_key_env else credentials.api_key,
@@ -119,6 +132,7 @@ def _settings(ledger_url: str | None, api_key_env: str | None, credentials: Conn
 def worker_app() -> Any:
     """The app of one ``--workers`` process (uvicorn's factory), configured as the parent was."""
     worker_args = json.loads(os.environ[_WORKER_ARGS_ENV])
+    _hold_log_level(worker_args.get("log_level", "info"))
     credentials = ConnectionAuthSource(settings.INBOX_CONN_ID)
     return build_standalone_app(_settings(worker_args["ledger_url"], worker_args["api_key_env"], credentials))
 

@@ -225,8 +225,11 @@ def create_inbox_app(inbox_settings: InboxSettings) -> InboxApp:
                 await run_in_threadpool(_dead_letter, ledger, rejected.message, meta)
             outcome, reason = rejected.outcome, f" reason={rejected.message!r}"
             response = error_response(rejected.status, rejected.message)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
+        # Refusals at WARNING, so they stay visible at --log-level warning; the ledger keeps every accepted posting.
+        level = logging.INFO if response.status_code < 400 else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(
+                level,
                 "inbox posting messageId=%s eventType=%s businessKey=%s outcome=%s status=%d duration_ms=%d%s",
                 _printable(meta.get("message_id")),
                 _printable(meta.get("event_type")),
