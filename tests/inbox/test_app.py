@@ -267,7 +267,7 @@ def test_health_without_a_key_is_liveness_only_and_with_the_key_names_the_ledger
 # --- logging -------------------------------------------------------------------------------------
 
 
-def test_one_info_line_per_posting_and_the_key_never_logged_or_echoed(inbox_app, create_posting, caplog):
+def test_one_line_per_posting_refusals_at_warning_and_the_key_never_logged_or_echoed(inbox_app, create_posting, caplog):
     caplog.set_level(logging.DEBUG)
 
     responses = [
@@ -276,8 +276,9 @@ def test_one_info_line_per_posting_and_the_key_never_logged_or_echoed(inbox_app,
         inbox_app.post("{broken"),
     ]
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "omni_erp.inbox.app" and r.levelno == logging.INFO]
-    assert len(lines) == 3
+    records = [r for r in caplog.records if r.name == "omni_erp.inbox.app" and "inbox posting" in r.getMessage()]
+    lines = [r.getMessage() for r in records]
+    assert [r.levelno for r in records] == [logging.INFO, logging.WARNING, logging.WARNING]
     assert "messageId=900001" in lines[0] and "businessKey=FN6018822001" in lines[0] and "outcome=stored" in lines[0]
     assert "outcome=unauthorized" in lines[1] and "outcome=rejected" in lines[2]
     assert all("duration_ms=" in line for line in lines)
