@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, literal, or_, select, update
@@ -64,15 +65,23 @@ class ClaimSummary:
 
 @dataclass(frozen=True)
 class ClaimedPosting:
+    """A posting a batch works on. ``payload_json`` is the stored JSON text; ``payload`` decodes it on first use
+    (booking never reads it: decoding every posting's payload was 7 % of F1's booking CPU)."""
+
     id: int
     message_id: str
     event_type: str
     business_key: str
     order_code: str
-    payload: dict[str, Any]
+    payload_json: str
     attempts: int
     # Dead-lettered before and taken again by a selective run (order_codes / window): replayed from its payload.
     replayed: bool = False
+
+    @cached_property
+    def payload(self) -> dict[str, Any]:
+        """The posting as Omni sent it (decoded once, then kept)."""
+        return json.loads(self.payload_json)
 
 
 # inbox_message.outcome of a dead-lettered posting a selective claim took again, until it is handled.
@@ -1052,7 +1061,7 @@ def _claimed(row: Any) -> ClaimedPosting:
         event_type=row.event_type,
         business_key=row.business_key,
         order_code=row.order_code,
-        payload=json.loads(row.payload),
+        payload_json=row.payload,
         attempts=row.attempts,
         replayed=row.state == DEAD or row.outcome == REPLAYED,
     )

@@ -464,7 +464,8 @@ class LedgerOperator(BaseOperator):
         lock = threading.Lock()
         queued: dict[Any, deque[Item]] = {}  # order -> its items waiting behind the one running
         room = threading.Semaphore(2 * workers)  # items read from ``items`` and not finished yet
-        futures: set[Future[None]] = set()
+        futures: set[Future[None]] = set()  # not finished yet
+        failed: list[Future[None]] = []  # finished with an exception
 
         def run_chain(key: Any, item: Item | None) -> None:
             while item is not None:
@@ -477,10 +478,16 @@ class LedgerOperator(BaseOperator):
                     if item is None:
                         del queued[key]
 
-        def raise_failures() -> None:
-            for future in [f for f in futures if f.done()]:
+        def settled(future: Future[None]) -> None:
+            # Each chain reports its own end, so checking for failures costs O(1) per item, not a scan of every future.
+            with lock:
                 futures.discard(future)
-                future.result()  # re-raises a worker's exception in this thread
+            if not future.cancelled() and future.exception() is not None:
+                failed.append(future)
+
+        def raise_failures() -> None:
+            if failed:
+                failed[0].result()  # re-raises a worker's exception in this thread
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.task_id}-") as pool:
             try:
@@ -494,12 +501,21 @@ class LedgerOperator(BaseOperator):
                             queued[key].append(item)
                             continue
                         queued[key] = deque()
-                    futures.add(pool.submit(run_chain, key, item))
-                for future in list(futures):
+                    future = pool.submit(run_chain, key, item)
+                    with lock:
+                        futures.add(future)
+                    future.add_done_callback(settled)  # runs at once if the chain is done already
+                raise_failures()
+                with lock:
+                    running = list(futures)
+                for future in running:
                     future.result()
+                raise_failures()
             except BaseException:
                 stop.set()
-                for future in futures:
+                with lock:
+                    running = list(futures)
+                for future in running:
                     future.cancel()
                 raise
 

@@ -8,7 +8,9 @@ recorded and the exact ERP request that would be sent (``plan_posting``); it wri
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
     from omni_erp.rules.order_posting import PlannedSalesOrder
 
 WOULD_BOOK = "would_book"
+# Postings whose orders the booking reads in one query (_with_orders): about the pool's read-ahead at 32 in flight,
+# so an order is read shortly before it is booked.
+ORDERS_READ_AHEAD = 64
+_NOT_READ = object()
 
 
 @dataclass(frozen=True)
@@ -264,13 +270,15 @@ class ErpSalesOrderCreateOperator(DryRunErpOperator):
         super().__init__(**kwargs)
         self.shard = shard
         self.shards = shards
+        self._orders_read: dict[str, Any] = {}  # message id -> its order as _with_orders read it (None: no order)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from omni_erp.operators.shards import parse_shards
 
         shards = parse_shards(self.shards)
+        postings = self.postings_of_this_run([settings.EVENT_CREATE], shard=int(self.shard), shards=shards)
         summary = self.process_each(
-            self.postings_of_this_run([settings.EVENT_CREATE], shard=int(self.shard), shards=shards),
+            postings if self.scope.dry_run else self._with_orders(postings),
             self._book_dry if self.scope.dry_run else self._book_one,
             defer=self.defer_posting,
             give_up=self.dead_letter_posting,
@@ -291,11 +299,28 @@ class ErpSalesOrderCreateOperator(DryRunErpOperator):
         self.would_send(lambda: self.erp.create_sales_order(request, idempotency_key=key))
         return WOULD_BOOK
 
+    def _with_orders(self, postings: Iterable[ClaimedPosting]) -> Iterator[ClaimedPosting]:
+        """``postings``, with the orders of each ``ORDERS_READ_AHEAD`` of them read in one query for ``_book_one``
+        (one SELECT per order was 13 % of the booking's CPU).
+
+        An order read here may change before its posting is booked (F3 cancels it, another try books it): the
+        booking's compare-and-set on ``ready_to_book`` catches that and routes on the order as it is then, as it
+        does for a change while the ERP call is in flight; the ERP key makes a second send return the same order.
+        """
+        pending = iter(postings)
+        while chunk := list(islice(pending, ORDERS_READ_AHEAD)):
+            orders = self.ledger.orders_by_code([p.order_code for p in chunk])
+            for posting in chunk:
+                self._orders_read[posting.message_id] = orders.get(posting.order_code)
+                yield posting
+
     def _book_one(self, posting: ClaimedPosting) -> str:
         from omni_erp.models.erp import SalesOrderRequest
 
         ledger, batch = self.ledger, self.batch_id
-        order = ledger.get_order(posting.order_code)
+        order = self._orders_read.pop(posting.message_id, _NOT_READ)
+        if order is _NOT_READ:
+            order = ledger.get_order(posting.order_code)
         if order is None or order["create_message_id"] != posting.message_id:
             # Mapping closed or dead-lettered it; nothing to book for this posting.
             return "skipped"
