@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -140,6 +141,92 @@ class _Tally:
     first_problem: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+
+
+class GroupCommit:
+    """Records the outcomes of several items' remote calls in one ledger transaction (issue 8: CPU per item).
+
+    A worker thread hands its item to ``submit`` once the remote system answered and waits for the item's own
+    result. The first worker that finds no commit running commits everything queued until the queue is empty
+    (the items that arrived during one commit go in the next), so no thread or timer is added and an item
+    never waits longer than one commit before its own. ``record`` is called in the commit's transaction once
+    per item and returns that item's result (e.g. whether its compare-and-set applied), so each item is routed
+    exactly as with a transaction of its own.
+
+    If a group's transaction raises, nothing of it is recorded and each of its items is recorded again in a
+    transaction of its own: one bad item fails only itself (its worker gets the exception), never its neighbours.
+    Safe only where a lost group is harmless: a task killed between the remote answer and the commit must find
+    the item as before the call, and sending it again must be safe (an idempotency key) or impossible (the
+    compare-and-set that took the item comes before the call).
+    """
+
+    def __init__(self, ledger: Ledger, record: Callable[[Any], Any]) -> None:
+        self.ledger = ledger
+        self.record = record
+        self._lock = threading.Lock()
+        self._queue: list[tuple[Any, Future[Any]]] = []
+        self._committing = False
+        self.groups = 0  # transactions committed, for tests and the benchmark
+
+    def submit(self, item: Any) -> Any:
+        """Record ``item`` (``record(item)`` in a group's transaction) and return what ``record`` returned.
+
+        :raises Exception: what recording this item raised, in its own transaction.
+        """
+        future: Future[Any] = Future()
+        with self._lock:
+            self._queue.append((item, future))
+            lead = not self._committing
+            self._committing = True
+        if lead:
+            self._commit_queued()
+        return future.result()
+
+    def _commit_queued(self) -> None:
+        """Commit groups until the queue is empty; then the next ``submit`` leads."""
+        group: list[tuple[Any, Future[Any]]] = []
+        try:
+            while True:
+                with self._lock:
+                    group, self._queue = self._queue, []
+                    if not group:
+                        self._committing = False
+                        return
+                self._commit(group)
+                group = []
+        except BaseException as exc:  # the task is being stopped: nobody may wait for a commit that never comes
+            with self._lock:
+                stranded, self._queue, self._committing = group + self._queue, [], False
+            for _, future in stranded:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+
+    def _commit(self, group: list[tuple[Any, Future[Any]]]) -> None:
+        if len(group) == 1:
+            self._commit_one(*group[0])
+            return
+        try:
+            with self.ledger.transaction():
+                results = [self.record(item) for item, _ in group]
+        except Exception:
+            # An item's fault or the ledger's: nothing of the group was recorded; each on its own tells which.
+            for item, future in group:
+                self._commit_one(item, future)
+            return
+        self.groups += 1
+        for (_, future), result in zip(group, results, strict=True):
+            future.set_result(result)
+
+    def _commit_one(self, item: Any, future: Future[Any]) -> None:
+        try:
+            with self.ledger.transaction():
+                result = self.record(item)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            self.groups += 1
+            future.set_result(result)
 
 
 class LedgerOperator(BaseOperator):
@@ -459,7 +546,7 @@ class LedgerOperator(BaseOperator):
         are skipped, the running ones finish, and the exception is raised here.
         """
         from collections import deque
-        from concurrent.futures import Future, ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
         lock = threading.Lock()
         queued: dict[Any, deque[Item]] = {}  # order -> its items waiting behind the one running

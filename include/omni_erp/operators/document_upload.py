@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from omni_erp import settings
 from omni_erp.exceptions import PayloadError, RemoteRejectedError, RemoteUnavailableError
-from omni_erp.operators.base import ErpOperator, _error_text, not_about_the_item
+from omni_erp.operators.base import ErpOperator, GroupCommit, _error_text, not_about_the_item
 from omni_erp.operators.document_feed import as_bool, printable
 from omni_erp.states import (
     DOC_READY,
@@ -196,8 +196,20 @@ class OmniDocumentUploadOperator(ErpOperator):
         except RemoteRejectedError as exc:
             code = f"{exc.code}: " if exc.code else ""
             return self._fail(number, f"Omni rejected the {self.label} (HTTP {exc.status}) {code}{exc.message}")
-        ledger.mark_document_uploaded(self.doc_type, number, batch_id=self.batch_id)
+        self._uploads.submit(number)
         return DOC_UPLOADED
+
+    @cached_property
+    def _uploads(self) -> GroupCommit:
+        """Marks documents Omni accepted ``uploaded``, several to a transaction (``GroupCommit``).
+
+        Only this marking is grouped: the compare-and-set that takes a document for its attempt stays its own
+        transaction before the send (Omni has no idempotency key), so a document is never sent twice by two
+        tries. A task killed between Omni's answer and the group's commit leaves it taken and ready, as a kill
+        between the answer and a transaction of its own did (a few milliseconds longer).
+        """
+        doc_type, batch_id, ledger = self.doc_type, self.batch_id, self.ledger
+        return GroupCommit(ledger, lambda number: ledger.mark_document_uploaded(doc_type, number, batch_id=batch_id))
 
     def _pdf(self, document: dict[str, Any]) -> str:
         """Base64 of the document's PDF, downloaded from the ERP's ``pdfUrl`` through the ERP adapter."""

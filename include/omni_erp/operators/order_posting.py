@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from omni_erp import keys, settings
 from omni_erp.exceptions import LedgerConflictError, PayloadError, RemoteRejectedError
-from omni_erp.operators.base import LedgerOperator
+from omni_erp.operators.base import GroupCommit, LedgerOperator
 from omni_erp.operators.dry_run import DRY_RUN, WOULD_DEAD_LETTER, DryRunErpOperator
 from omni_erp.states import (
     ORDER_BOOKED,
@@ -299,6 +300,27 @@ class ErpSalesOrderCreateOperator(DryRunErpOperator):
         self.would_send(lambda: self.erp.create_sales_order(request, idempotency_key=key))
         return WOULD_BOOK
 
+    @cached_property
+    def _bookings(self) -> GroupCommit:
+        """Records the ERP's answers several bookings to a transaction (``GroupCommit``; ``_record_booking`` each).
+
+        Safe because the ERP call carries the key ``create:<orderCode>``: a task killed after the ERP answered and
+        before the group committed recorded nothing of it, and the re-run's call returns the same ERP order.
+        """
+        return GroupCommit(self.ledger, self._record_booking)
+
+    def _record_booking(self, booked: tuple[str, str, str]) -> bool:
+        """The order booked and its posting closed, both or neither (in ``_bookings``' transaction); True when
+        the order was still ``ready_to_book`` (compare-and-set), False when it changed and nothing was written."""
+        order_code, message_id, sales_order_id = booked
+        ledger = self.ledger
+        recorded = ledger.update_order_if(
+            order_code, expected_state=ORDER_READY, state=ORDER_BOOKED, erp_sales_order_id=sales_order_id
+        )
+        if recorded:
+            ledger.finish_posting(message_id, outcome="booked", batch_id=self.batch_id)
+        return recorded
+
     def _with_orders(self, postings: Iterable[ClaimedPosting]) -> Iterator[ClaimedPosting]:
         """``postings``, with the orders of each ``ORDERS_READ_AHEAD`` of them read in one query for ``_book_one``
         (one SELECT per order was 13 % of the booking's CPU).
@@ -354,12 +376,7 @@ class ErpSalesOrderCreateOperator(DryRunErpOperator):
             self.log.error("Order %r: %s", posting.order_code, reason)
             return "rejected_by_erp"
         sales_order_id = booking.document.sales_order_id
-        with ledger.transaction():  # the order booked and its posting closed, both or neither
-            recorded = ledger.update_order_if(
-                order["order_code"], expected_state=ORDER_READY, state=ORDER_BOOKED, erp_sales_order_id=sales_order_id
-            )
-            if recorded:
-                ledger.finish_posting(posting.message_id, outcome="booked", batch_id=batch)
+        recorded = self._bookings.submit((order["order_code"], posting.message_id, sales_order_id))
         if not recorded:
             return self._order_changed_while_booking(posting, sales_order_id)
         if booking.replayed:
