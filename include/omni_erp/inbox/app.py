@@ -100,7 +100,9 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"hasError": True, "errorMessage": message}, status_code=status)
 
 
-_INTERNAL_ERROR = error_response(500, "internal error in the inbox")  # immutable once rendered; sent as is
+def _internal_error() -> JSONResponse:
+    # A new response each time, never a shared one: middleware (e.g. GZip) edits the headers it sends in place.
+    return error_response(500, "internal error in the inbox")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -116,7 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, _describe_errors(exc.errors()))
 
     async def server_error(_request: Request, _exc: Exception) -> JSONResponse:
-        return _INTERNAL_ERROR
+        return _internal_error()
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -166,7 +168,7 @@ async def _serve_directly(endpoint: PostingEndpoint, scope: Scope, receive: Rece
     try:
         response = await endpoint(request)
     except Exception:
-        await _INTERNAL_ERROR(scope, receive, send)
+        await _internal_error()(scope, receive, send)
         raise
     await response(scope, receive, send)
 
@@ -420,7 +422,9 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any], str]:
     try:
         # Decoded here: json.loads would guess UTF-16/32 and skip a BOM, which Increff never sends.
         text = raw.decode("utf-8")
-        data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
+        if text.startswith("\ufeff"):  # as json.loads says it (the decoder itself does not look for a BOM)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _STRICT_DECODER.decode(text)
     except RecursionError:
         raise _Rejected(413, f"posting nested deeper than {MAX_JSON_DEPTH} levels", outcome="too_deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -446,6 +450,10 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
         raise ValueError(f"key {ascii(duplicate[:64])} appears more than once in an object")
     return data
+
+
+# Built once: json.loads with these hooks would build a decoder (and its scanner) per posting.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
 
 
 def _may_be_too_deep(text: str) -> bool:
