@@ -563,6 +563,24 @@ class Ledger(RmsLedger, DocumentScopeLedger, DocumentUploadLedger):
             row = conn.execute(_GET_ORDER, {"_order_code": order_code}).first()
         return _order(row) if row else None
 
+    def orders_to_book(self, order_codes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What F1's booking needs of the orders among ``order_codes``, by code, in one query: ``order_code``,
+        ``state``, ``create_message_id``, ``erp_sales_order_id`` and ``erp_request`` (decoded) as ``get_order``
+        gives them, without the columns the booking never reads."""
+        codes = sorted({c for c in order_codes if c})
+        if not codes:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(_ORDERS_TO_BOOK, {"_codes": codes}).all()
+        return {
+            row.order_code: {
+                "order_code": row.order_code, "state": row.state, "create_message_id": row.create_message_id,
+                "erp_sales_order_id": row.erp_sales_order_id,
+                "erp_request": json.loads(row.erp_request) if row.erp_request else None,
+            }
+            for row in rows
+        }
+
     def register_order(
         self,
         *,
@@ -1103,6 +1121,10 @@ def as_utc(value: datetime | None) -> datetime | None:
 # per call cost more CPU than SQLite running it; SQLAlchemy memoises the key per statement object. The columns
 # to SET are the execution parameters named after columns (bound parameters start with "_").
 _GET_ORDER = select(t.ajio_order).where(t.ajio_order.c.order_code == bindparam("_order_code"))
+_ORDERS_TO_BOOK = select(
+    t.ajio_order.c.order_code, t.ajio_order.c.state, t.ajio_order.c.create_message_id,
+    t.ajio_order.c.erp_sales_order_id, t.ajio_order.c.erp_request,
+).where(t.ajio_order.c.order_code.in_(bindparam("_codes", expanding=True)))
 _UPDATE_ORDER_IF = update(t.ajio_order).where(
     t.ajio_order.c.order_code == bindparam("_order_code"), t.ajio_order.c.state == bindparam("_expected_state")
 )

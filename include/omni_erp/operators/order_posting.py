@@ -322,7 +322,7 @@ class ErpSalesOrderCreateOperator(DryRunErpOperator):
         return recorded
 
     def _with_orders(self, postings: Iterable[ClaimedPosting]) -> Iterator[ClaimedPosting]:
-        """``postings``, with the orders of each ``ORDERS_READ_AHEAD`` of them read in one query for ``_book_one``
+        """``postings``, with the orders of each ``ORDERS_READ_AHEAD`` of them read in one query (``orders_to_book``)
         (one SELECT per order was 13 % of the booking's CPU).
 
         An order read here may change before its posting is booked (F3 cancels it, another try books it): the
@@ -331,7 +331,7 @@ class ErpSalesOrderCreateOperator(DryRunErpOperator):
         """
         pending = iter(postings)
         while chunk := list(islice(pending, ORDERS_READ_AHEAD)):
-            orders = self.ledger.orders_by_code([p.order_code for p in chunk])
+            orders = self.ledger.orders_to_book([p.order_code for p in chunk])
             for posting in chunk:
                 self._orders_read[posting.message_id] = orders.get(posting.order_code)
                 yield posting
