@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from omni_erp.ledger import Ledger
 from omni_erp.ledger.engine import SCHEMA_VERSION, current_version
+from omni_erp.ledger.tables import inbox_message
 from omni_erp.states import CLAIMED, DEAD, DONE, PENDING
 
 CREATE = "OUTWARD_ORDER_CREATE"
@@ -42,6 +43,32 @@ def test_same_posting_twice_is_one_row_and_other_content_is_a_conflict(ledger_ur
     rows = ledger.postings()
     assert len(rows) == 1
     assert '"FN7"' in rows[0]["payload"] and rows[0]["state"] == PENDING
+
+
+def test_a_batch_of_postings_is_stored_as_sqlalchemy_stores_each_row(ledger_url):
+    """record_postings sends its multi-row insert as driver SQL (the inbox's hot path): every column,
+    timestamps included, must read back exactly as a row SQLAlchemy's own insert wrote with the same values."""
+    ledger = Ledger(ledger_url)
+    batch = [
+        dict(message_id=str(i), event_type=CREATE, business_key=f"FN{i}", order_code=f"FN{i}", payload={"messageId": i},
+             payload_json=f'{{"messageId": {i}}}')
+        for i in (1, 2, 3)
+    ]  # fmt: skip
+    assert ledger.record_postings(batch) == ["stored"] * 3
+    table = sa.table("inbox_message", *(sa.column(name) for name in ("message_id", "received_at", "updated_at")))
+    with ledger.engine.begin() as conn:
+        stored = conn.execute(sa.select(inbox_message).where(inbox_message.c.message_id == "2")).one()._asdict()
+        del stored["id"]
+        conn.execute(sa.insert(inbox_message).values({**stored, "message_id": "reference"}))
+        # The timestamps as the database holds them (text on SQLite), not as the column type reads them back.
+        as_stored = conn.execute(
+            sa.select(table.c.message_id, sa.cast(table.c.received_at, sa.Text), sa.cast(table.c.updated_at, sa.Text))
+        ).all()
+        rows = {row.message_id: row._asdict() for row in conn.execute(sa.select(inbox_message))}
+    raw = {message_id: (received, updated) for message_id, received, updated in as_stored}
+    assert raw["2"] == raw["reference"] and raw["1"] == raw["2"]  # one timestamp per batch, in SQLAlchemy's format
+    assert {**rows["2"], "id": None, "message_id": "reference"} == {**rows["reference"], "id": None}
+    assert rows["2"]["payload"] == '{"messageId": 2}' and rows["2"]["state"] == PENDING and rows["2"]["attempts"] == 0
 
 
 def test_claim_returns_the_same_batch_again_and_never_to_another_batch(ledger_url):
