@@ -11,7 +11,7 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -943,9 +943,9 @@ def _begun(connection: Connection) -> Iterator[Connection]:
         yield connection
 
 
-_TIMESTAMP_COLUMNS = frozenset({"received_at", "updated_at"})
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # sqlite3's and psycopg's parameter styles
-_posting_inserts: dict[tuple[str, tuple[str, ...], int], str] = {}
+# (dialect, columns, row count) -> the insert's text and each column's conversion to the database (None: as is)
+_posting_inserts: dict[tuple[str, tuple[str, ...], int], tuple[str, tuple[Callable[[Any], Any] | None, ...]]] = {}
 
 
 def _insert_new_postings(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
@@ -954,24 +954,34 @@ def _insert_new_postings(conn: Connection, rows: list[dict[str, Any]]) -> set[st
     One multi-row ``INSERT ... ON CONFLICT (message_id) DO NOTHING RETURNING message_id`` sent as driver
     SQL: the inbox's writer runs this for every batch, and SQLAlchemy's compiled multi-row insert
     ("insertmanyvalues": per-row parameter processing, a per-call rendering of the statement) cost it
-    more CPU than the database's own work. The text is built once per dialect and row count, and
-    the timestamps go through the column type's own conversion, so the rows are stored exactly as
-    SQLAlchemy's insert stores them.
+    more CPU than the database's own work. The text and the columns' own conversions (the column types'
+    bind processors, e.g. SQLite's timestamp format) are built once per dialect and row count, so the
+    rows are stored exactly as SQLAlchemy's insert stores them.
     """
     dialect, columns = conn.dialect, tuple(rows[0])  # every row has _posting_row's keys, in its order
     key = (dialect.name, columns, len(rows))
-    sql = _posting_inserts.get(key)
-    if sql is None:
+    cached = _posting_inserts.get(key)
+    if cached is None:
         placeholder = _PLACEHOLDERS[dialect.paramstyle]
         values = "(" + ", ".join([placeholder] * len(columns)) + ")"
-        sql = _posting_inserts[key] = (
+        sql = (
             f"INSERT INTO {t.inbox_message.name} ({', '.join(columns)}) VALUES "
             + ", ".join([values] * len(rows))
             + " ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
         )
-    to_db = t.inbox_message.c.received_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
-    in_db = {stamp: to_db(stamp) for stamp in {row[column] for row in rows for column in _TIMESTAMP_COLUMNS}}  # one per batch
-    parameters = [in_db[row[column]] if column in _TIMESTAMP_COLUMNS else row[column] for row in rows for column in columns]
+        to_db = tuple(t.inbox_message.c[column].type.dialect_impl(dialect).bind_processor(dialect) for column in columns)
+        cached = _posting_inserts[key] = (sql, to_db)
+    sql, to_db = cached
+    converted: dict[tuple[Any, Any], Any] = {}  # a batch shares its timestamps: each value is converted once
+    parameters: list[Any] = []
+    for row in rows:
+        for column, convert in zip(columns, to_db, strict=True):
+            value = row[column]
+            if convert is not None:
+                if (convert, value) not in converted:
+                    converted[convert, value] = convert(value)
+                value = converted[convert, value]
+            parameters.append(value)
     return {message_id for (message_id,) in conn.exec_driver_sql(sql, tuple(parameters))}
 
 
