@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import threading
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from omni_erp.ledger import Ledger
 from omni_erp.ledger.engine import SCHEMA_VERSION, current_version
@@ -43,6 +48,63 @@ def test_same_posting_twice_is_one_row_and_other_content_is_a_conflict(ledger_ur
     rows = ledger.postings()
     assert len(rows) == 1
     assert '"FN7"' in rows[0]["payload"] and rows[0]["state"] == PENDING
+
+
+_CONTENTS = [{"v": 1, "w": [1, 2]}, {"v": 2, "w": [1, 2]}, {"v": 1.0, "w": [1, 2]}, {"w": [1, 2], "v": "1"}]
+_TEXTS = {  # how a sender may write the same content: as received, re-spaced, keys reordered
+    "compact": lambda c: json.dumps(c, separators=(",", ":")),
+    "spaced": lambda c: json.dumps(c, indent=2),
+    "reordered": lambda c: json.dumps(dict(reversed(list(c.items())))),
+}
+_deliveries = st.lists(
+    st.tuples(st.sampled_from("ABC"), st.integers(0, len(_CONTENTS) - 1), st.sampled_from(sorted(_TEXTS))),
+    min_size=1, max_size=10,
+)  # fmt: skip
+_example_ids = itertools.count()
+
+
+def _canonical(content: object) -> str:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(legacy=st.lists(st.tuples(st.sampled_from("ABC"), st.integers(0, len(_CONTENTS) - 1)), max_size=2),
+       deliveries=_deliveries, batched=st.booleans())  # fmt: skip
+def test_a_repeat_is_a_duplicate_exactly_when_its_content_is_the_same_however_it_is_written(
+    ledger_url, legacy, deliveries, batched
+):
+    """Same messageId: "duplicate" when the JSON content is equal (whatever the spacing or key order, and
+    also against rows stored with the canonical-content hash of earlier versions), "conflict" otherwise;
+    1 and 1.0 and "1" are different content. Batched (the inbox's group commit) or one at a time alike."""
+    ledger = Ledger(ledger_url)
+    prefix = f"dedupe-{next(_example_ids)}-"
+    first: dict[str, str] = {}  # messageId -> canonical content of the stored posting (the oracle)
+    with ledger.engine.begin() as conn:  # rows as earlier versions stored them: hash of the canonical form
+        for key, index in dict(legacy).items():
+            text, canonical = json.dumps(_CONTENTS[index]), _canonical(_CONTENTS[index])
+            first[key] = canonical
+            conn.execute(sa.insert(inbox_message).values(
+                message_id=prefix + key, event_type=CREATE, business_key="FN1", order_code="FN1", payload=text,
+                content_hash=hashlib.sha256(canonical.encode()).hexdigest(), received_at=sa.func.now(), state=PENDING,
+                attempts=0, updated_at=sa.func.now(),
+            ))  # fmt: skip
+    postings, expected = [], []
+    for key, index, style in deliveries:
+        content = _CONTENTS[index]
+        text = _TEXTS[style](content)
+        postings.append(dict(message_id=prefix + key, event_type=CREATE, business_key="FN1", order_code="FN1",
+                             payload=json.loads(text), payload_json=text))  # fmt: skip
+        if key not in first:
+            first[key] = _canonical(content)
+            expected.append("stored")
+        else:
+            expected.append("duplicate" if first[key] == _canonical(content) else "conflict")
+
+    answers = ledger.record_postings(postings) if batched else [ledger.record_postings([p])[0] for p in postings]
+
+    assert answers == expected
+    kept = {row["message_id"]: _canonical(json.loads(row["payload"])) for row in ledger.postings()}
+    assert {key: kept[prefix + key] for key in first} == first  # the first content stays, never overwritten
 
 
 def test_a_batch_of_postings_is_stored_as_sqlalchemy_stores_each_row(ledger_url):

@@ -38,7 +38,7 @@ inbox_message = Table(
     Column("event_type", String(64), nullable=False),
     Column("business_key", String(255), nullable=False),  # orderCode, or returnOrderCode for returns
     Column("order_code", String(255), nullable=False),  # orderCode, or forwardOrderCode for returns
-    Column("content_hash", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=False),  # sha256 of payload (older rows: of its canonical form)
     Column("payload", Text, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("state", String(16), nullable=False),
