@@ -162,6 +162,32 @@ def test_control_and_bidi_characters_in_a_code_are_refused_naming_field_and_char
     assert inbox_app.ledger.postings() == []
 
 
+@pytest.mark.parametrize(
+    ("posting", "message"),
+    [
+        (lambda: _create(orderCustomAttributes="PO 4042640641"), "orderCustomAttributes: must be a JSON object"),
+        (lambda: _create(orderItems=["FN1"]), "orderItems.0: must be a JSON object"),
+        (lambda: _create(orderCustomAttributes={"attribute1": 4042640641}), "orderCustomAttributes.attribute1: Input should be a valid string"),
+        (lambda: _create(orderCustomAttributes={"currency": "INR\t"}), "orderCustomAttributes.currency: contains U+0009"),
+    ],
+    ids=["attributes-as-string", "item-as-string", "po-as-number", "tab-in-an-attribute"],
+)
+def test_a_malformed_nested_object_is_refused_naming_it_in_json_terms(inbox_app, posting, message):
+    response = inbox_app.post(posting())
+
+    assert response.status_code == 400
+    assert response.json()["errorMessage"].startswith(message)
+    assert inbox_app.ledger.postings() == []
+
+
+def test_attributes_we_do_not_know_are_accepted_and_stored_as_sent(inbox_app):
+    attributes = {"attribute1": "4042640641", "channelMetadata": {"slot": [1, None]}, "attribute2": None}
+
+    assert inbox_app.post(_create(orderCustomAttributes=attributes)).json() == OK
+    [row] = inbox_app.ledger.postings()
+    assert json.loads(row["payload"])["orderCustomAttributes"] == attributes
+
+
 def test_quantity_ceiling_is_read_from_the_environment_per_request(inbox_app, monkeypatch):
     posting = _with_item(_create(), orderedQuantity=6)
     monkeypatch.setenv(settings.MAX_LINE_QUANTITY_ENV, "5")

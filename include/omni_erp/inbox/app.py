@@ -369,18 +369,21 @@ async def _read_body(request: Request, limit: int, meta: dict[str, Any]) -> None
 def _validate(meta: dict[str, Any]) -> dict[str, Any]:
     """Validate the posting in ``meta["raw"]`` into ``Ledger.record_posting``'s arguments; adds the keys known so far to ``meta``."""
     data, text = _parse_json(meta["raw"])
-    meta.update(_readable_keys(data))
-    if _may_hold_unstorable(text):
-        _check_storable(data)
     try:
-        settings.max_line_quantity()
-    except ValueError:  # a deployment error must not read to Omni as bad data (a 400 is never retried)
-        log.error("inbox: invalid setting; refusing all postings until it is fixed", exc_info=True)
-        raise _Rejected(503, "inbox is misconfigured; retry later", outcome="misconfigured", dead_letter=False) from None
-    try:
-        posting = parse_posting(data)
-    except ValidationError as exc:
-        raise _Rejected(400, _describe_errors(exc.errors()), outcome="rejected") from None
+        if _may_hold_unstorable(text):
+            _check_storable(data)
+        try:
+            ceiling = settings.max_line_quantity()
+        except ValueError:  # a deployment error must not read to Omni as bad data (a 400 is never retried)
+            log.error("inbox: invalid setting; refusing all postings until it is fixed", exc_info=True)
+            raise _Rejected(503, "inbox is misconfigured; retry later", outcome="misconfigured", dead_letter=False) from None
+        try:
+            posting = parse_posting(data, max_line_quantity=ceiling)
+        except ValidationError as exc:
+            raise _Rejected(400, _describe_errors(exc.errors()), outcome="rejected") from None
+    except _Rejected:
+        meta.update(_readable_keys(data))  # for the log line and the dead letter; an accepted posting has its own
+        raise
     meta.update(message_id=posting.message_id, event_type=posting.event_type, business_key=posting.business_key)
     order_code = posting.forward_order_code if isinstance(posting, ReturnOrderPosting) else posting.order_code
     return dict(
@@ -537,9 +540,11 @@ def _describe_errors(errors: list[Any]) -> str:
     parts = []
     for error in errors[:MAX_REPORTED_ERRORS]:
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        message = error.get("msg")
-        if error.get("input", ...) is None and str(error.get("type", "")).endswith("_type"):
+        message, kind = error.get("msg"), str(error.get("type", ""))
+        if error.get("input", ...) is None and kind.endswith("_type"):
             message = "must not be null"  # clearer than "Input should be a valid list" for a required field
+        elif kind == "model_type":
+            message = "must be a JSON object"  # not pydantic's "... or instance of OrderItem"
         parts.append(f"{location}: {message}" if location else str(message))
     if len(errors) > MAX_REPORTED_ERRORS:
         parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more")

@@ -53,6 +53,7 @@ from omni_erp.settings import MAX_STRING_LENGTH
 
 JAVA_LONG_MAX = 2**63 - 1
 MAX_MONEY = Decimal(10) ** 10  # per unit or line; far above any Ajio order, far below an overflow
+_MAX_MONEY_INT = int(MAX_MONEY)
 _FOUR_PLACES = Decimal("0.0001")
 # Categories refused in received strings: control, format (bidi, zero-width, BOM), surrogates, line/paragraph separators.
 FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -135,8 +136,10 @@ def _money(value: Any) -> Any:
         raise PydanticCustomError("money", "must be a number, not {kind}", {"kind": _kind(value)})
     if isinstance(value, float) and not math.isfinite(value):
         raise PydanticCustomError("money", "must be a finite number")
-    if not 0 <= value < MAX_MONEY:
-        raise PydanticCustomError("money", "must be from 0 to less than {limit}", {"limit": int(MAX_MONEY)})
+    if not 0 <= value < _MAX_MONEY_INT:  # an int bound: comparing a float or int with a Decimal costs more
+        raise PydanticCustomError("money", "must be from 0 to less than {limit}", {"limit": _MAX_MONEY_INT})
+    if not isinstance(value, float):
+        return Decimal(value)
     # str() first: a float's shortest representation, so 1120.1 stays 1120.1 and not its binary expansion.
     amount = Decimal(str(value))
     exponent = amount.as_tuple().exponent  # an int: NaN and infinities were refused above
@@ -289,20 +292,13 @@ class OutwardOrderPosting(_Received):
     is_priority: Flag = Field(False, alias="isPriority")
     order_items: list[OrderItem] = Field(default_factory=list, alias="orderItems")
     shipments: list[Shipment] = Field(default_factory=list, alias="shipments")
-    order_custom_attributes: dict[str, Any] | None = Field(None, alias="orderCustomAttributes")
+    # Validated for the types of the attributes we know; every other key is kept as sent (extra="allow").
+    order_custom_attributes: OrderCustomAttributes | None = Field(None, alias="orderCustomAttributes")
 
     @field_validator("event_type")
     @classmethod
     def _outward_event_type(cls, value: str) -> str:
         return _known_event_type(value, settings.OUTWARD_EVENTS)
-
-    @field_validator("order_custom_attributes")
-    @classmethod
-    def _attributes_are_strings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        # Validated for their types only; the raw dict is kept, as the PO path may point anywhere in it.
-        if value is not None:
-            OrderCustomAttributes.model_validate(value)
-        return value
 
     @model_validator(mode="after")
     def _shape_of_event(self) -> OutwardOrderPosting:
@@ -361,18 +357,25 @@ class ReturnOrderPosting(_Received):
         return self.return_order_code
 
 
-def parse_posting(data: dict[str, Any]) -> OutwardOrderPosting | ReturnOrderPosting:
+def parse_posting(
+    data: dict[str, Any], *, max_line_quantity: int | None = None
+) -> OutwardOrderPosting | ReturnOrderPosting:
     """Pick the posting shape (domain.md decision 2) and validate it.
 
     Return postings are recognised by ``eventType`` starting with ``RETURN_ORDER`` or, when
     ``eventType`` is absent or null, by the presence of ``returnOrderCode``.
 
+    :param max_line_quantity: ``settings.max_line_quantity()`` when the caller has read it already.
     :raises pydantic.ValidationError: naming each field that does not match Increff's types.
     """
-    try:
-        context: dict[str, int] | None = {_CEILING: settings.max_line_quantity()}
-    except ValueError:
-        context = None  # each quantity reads the setting again and raises (see _quantity)
+    context: dict[str, int] | None = None
+    if max_line_quantity is not None:
+        context = {_CEILING: max_line_quantity}
+    else:
+        try:
+            context = {_CEILING: settings.max_line_quantity()}
+        except ValueError:
+            pass  # each quantity reads the setting again and raises (see _quantity)
     event_type = data.get("eventType")
     if (isinstance(event_type, str) and event_type.strip().startswith("RETURN_ORDER")) or (
         event_type is None and "returnOrderCode" in data
