@@ -3,6 +3,7 @@ and a connection the database dropped costs no posting."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -17,6 +18,45 @@ from tests.inbox.test_group_commit import _post, _posting, _rows
 
 def _checked_out(ledger_url: str) -> int:
     return Ledger(ledger_url).engine.pool.checkedout()  # the engine the inbox uses (cached per URL and process)
+
+
+def test_a_batch_is_one_statement_committed_before_any_of_its_postings_is_answered(ledger_url):
+    """No BEGIN or COMMIT round trips around the batch (each was a wait for the database and the GIL): the
+    one INSERT is its own transaction, and every posting of it is readable elsewhere once answered."""
+    ledger = Ledger(ledger_url)
+    postings = [
+        dict(message_id=str(8_000_001 + n), event_type="OUTWARD_ORDER_CREATE", business_key=f"FN{n}",
+             order_code=f"FN{n}", payload={"n": n})
+        for n in range(5)
+    ]  # fmt: skip
+    statements: list[tuple[str, bool]] = []  # first word, and whether it runs inside a transaction around it
+
+    def listener(conn, cursor, statement, *rest) -> None:
+        driver = conn.connection.driver_connection
+        # sqlite3: a BEGIN was sent; psycopg: off autocommit, it sends BEGIN itself along with the statement.
+        wrapped = driver.in_transaction if hasattr(driver, "in_transaction") else not driver.autocommit
+        statements.append((statement.split()[0].upper(), wrapped))
+
+    batching = writer.PostingWriter(lambda: ledger, max_wait_s=0.5)  # the five arrive well inside one batch
+    visible: list[int] = []
+
+    async def store_all() -> list[str]:
+        async def store(posting):
+            answer = await batching.store(posting)
+            visible.append(len(_rows(ledger_url)))  # read on a connection of its own, as the flows would
+            return answer
+
+        return await asyncio.gather(*(store(posting) for posting in postings))
+
+    sa.event.listen(ledger.engine, "before_cursor_execute", listener)
+    try:
+        answers = asyncio.run(store_all())
+    finally:
+        sa.event.remove(ledger.engine, "before_cursor_execute", listener)
+
+    assert answers == ["stored"] * 5 and batching.commits == 1
+    assert statements == [("INSERT", False)]
+    assert visible == [5] * 5
 
 
 def test_the_writer_gives_its_connection_back_once_postings_stop(ledger_url):

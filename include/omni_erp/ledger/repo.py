@@ -227,7 +227,9 @@ class Ledger(RmsLedger, DocumentScopeLedger, DocumentUploadLedger):
 
         :param connection: a connection of this ledger's engine that the caller keeps open (the inbox
             writer's) for this call's transaction: no pool checkout, and on PostgreSQL no pre-ping, per
-            call. Default: the open ``transaction()``, else a new one.
+            call. Default: the open ``transaction()``, else a new one. On an AUTOCOMMIT connection
+            (the writer's) the one INSERT statement is the transaction: its rows are stored together
+            or not at all, and a repeat is decided by reading the stored row after it.
         """
         if not postings:
             return []
