@@ -110,6 +110,14 @@ def resolve_cached(api_key: ApiKeySource, dynamic: DynamicSource) -> InboxAuth |
     than the rest of authenticating. Any other callable may do I/O, and an unconfigured result goes
     through ``resolve`` for its refusal and log line.
     """
+    owner = getattr(api_key, "__self__", None)
+    if (
+        isinstance(owner, ConnectionAuthSource)
+        and getattr(api_key, "__func__", None) is ConnectionAuthSource.api_key
+        and getattr(dynamic, "__self__", None) is owner
+        and getattr(dynamic, "__func__", None) is ConnectionAuthSource.dynamic_credentials
+    ):
+        return owner.cached()  # both from one connection (as deployed): its cached answer as it is
     key = _cached(api_key)
     dynamic_credentials = _cached(dynamic)
     if key is _NOT_CACHED or dynamic_credentials is _NOT_CACHED:
