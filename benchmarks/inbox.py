@@ -1,7 +1,7 @@
 """Inbox ingest rate under ``wrk``: the real inbox server against a bare endpoint parsing the same JSON.
 
 ``python -m benchmarks.inbox`` (also part of ``make bench``). For each ledger backend (SQLite, and
-PostgreSQL on a throwaway cluster) it serves, one after the other on this machine:
+PostgreSQL on a throwaway cluster) it serves, side by side on this machine:
 
 * a *bare* FastAPI endpoint under uvicorn that reads the body and ``json.loads`` it - the ceiling of
   a Python HTTP endpoint here;
@@ -9,7 +9,9 @@ PostgreSQL on a throwaway cluster) it serves, one after the other on this machin
   every 200 answered only after the posting is committed in the ledger;
 
 and drives each with ``wrk`` (16 connections, 2 threads; ``benchmarks/wrk/postings.lua`` gives each
-posting a unique messageId and orderCode) for 20,000 postings after a short warm-up. Python clients
+posting a unique messageId and orderCode) for about 20,000 postings each after a short warm-up, in
+four runs per server taking turns (``measure_interleaved``: the machine's drift falls on both). The
+p99 reported is the worst run's. Python clients
 cannot load these servers (they top out near 400 requests/s here), hence ``wrk``; ``make bench``
 installs it from the system packages when missing.
 
@@ -23,6 +25,7 @@ depends on what else the machine runs, so it compares code changes on a busy hos
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -47,6 +50,7 @@ WARM_UP_S = 2.0
 CONNECTIONS = 16
 WRK_THREADS = 2
 MAX_SECONDS = 120
+SLICES = 4  # measured runs per server, taking turns with the other server's (measure_interleaved)
 ID_STRIDE = 10_000_000  # messageIds per wrk thread and run; runs never reuse an id
 # Inbox server processes: one, and one per core as the Airflow docs advise for the API server's [api] workers.
 WORKERS = tuple(sorted({1, os.cpu_count() or 1}))
@@ -221,22 +225,50 @@ def run_wrk(url: str, seconds: float, first_id: int, body_file: Path) -> dict[st
     }
 
 
-def measure(server: Server, postings: int, first_id: int, body_file: Path) -> dict[str, Any]:
-    """A warm-up, a short run to learn the rate, then one long enough for about ``postings`` requests at that rate.
+def measure_interleaved(servers: dict[str, Server], postings: int, first_id: int, body_file: Path) -> dict[str, dict[str, Any]]:
+    """Each server warmed up and timed, then about ``postings`` requests each, in ``SLICES`` runs taking turns.
 
-    (wrk stops by time, not by count.) The result is the last run's, with the server's CPU time per
-    answered request during it; the warm-ups' answers are added up.
+    This machine's speed drifts by 20% within minutes (it is a shared VM), so one long run of the bare
+    endpoint followed by one of the inbox compared two different machines. Taking turns in the order
+    A B B A A B B A, the drift falls on both alike and the ratio of their rates measures the code. (wrk
+    stops by time, not by count: each run lasts whole seconds, chosen from the server's calibration run.)
+
+    :returns: per server, its slices added up - requests/s over all of them, and the worst slice's
+        percentiles (p99 included) - with its CPU time per answered request and each slice's rate.
     """
-    url = server.url
-    warm = run_wrk(url, WARM_UP_S, first_id, body_file)
-    calibration = run_wrk(url, WARM_UP_S, first_id + WRK_THREADS * ID_STRIDE, body_file)
-    seconds = min(MAX_SECONDS, max(3.0, 1.25 * postings / max(calibration["requests_per_s"], 1.0)))  # rates sag under load
-    cpu_before = server.cpu_seconds()
-    result = run_wrk(url, seconds, first_id + 2 * WRK_THREADS * ID_STRIDE, body_file)
-    cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(result["answered"], 1)
-    warm = {key: warm[key] + calibration[key] for key in ("answered", "non_200")}
-    return {**result, "server_cpu_ms_per_request": round(cpu_ms, 3), "warm_up_answered": warm["answered"],
-            "warm_up_non_200": warm["non_200"]}
+    run_ids = (first_id + n * WRK_THREADS * ID_STRIDE for n in itertools.count())  # no messageId is sent twice
+    slice_seconds: dict[str, float] = {}
+    warm: dict[str, dict[str, int]] = {}
+    for name, server in servers.items():
+        warm_up = run_wrk(server.url, WARM_UP_S, next(run_ids), body_file)
+        calibration = run_wrk(server.url, WARM_UP_S, next(run_ids), body_file)
+        warm[name] = {key: warm_up[key] + calibration[key] for key in ("answered", "non_200")}
+        seconds = 1.25 * postings / max(calibration["requests_per_s"], 1.0)  # rates sag under load
+        slice_seconds[name] = min(MAX_SECONDS, max(1.0, seconds / SLICES))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    cpu_seconds = dict.fromkeys(servers, 0.0)
+    for turn in range(SLICES):
+        for name in list(servers) if turn % 2 == 0 else list(servers)[::-1]:
+            before = servers[name].cpu_seconds()
+            runs[name].append(run_wrk(servers[name].url, slice_seconds[name], next(run_ids), body_file))
+            cpu_seconds[name] += servers[name].cpu_seconds() - before
+    return {name: _slices_added_up(runs[name], cpu_seconds[name], warm[name]) for name in servers}
+
+
+def _slices_added_up(runs: list[dict[str, Any]], cpu_seconds: float, warm: dict[str, int]) -> dict[str, Any]:
+    answered, seconds = sum(run["answered"] for run in runs), sum(run["seconds"] for run in runs)
+    return {
+        "answered": answered,
+        "non_200": sum(run["non_200"] for run in runs),
+        "socket_errors": sum(run["socket_errors"] for run in runs),
+        "seconds": round(seconds, 2),
+        "requests_per_s": round(answered / seconds, 1),
+        **{key: max(run[key] for run in runs) for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
+        "server_cpu_ms_per_request": round(cpu_seconds * 1000 / max(answered, 1), 3),
+        "slices_requests_per_s": [run["requests_per_s"] for run in runs],
+        "warm_up_answered": warm["answered"],
+        "warm_up_non_200": warm["non_200"],
+    }
 
 
 def _stored_postings(ledger_url: str) -> int:
@@ -251,13 +283,12 @@ def _stored_postings(ledger_url: str) -> int:
 
 
 def bench_backend(ledger_url: str, postings: int, workers: int, work: Path, first_id: int) -> dict[str, Any]:
-    """Bare endpoint, then the inbox on ``ledger_url``, each warmed up and then loaded with about ``postings``."""
+    """Bare endpoint and the inbox on ``ledger_url``, both serving, loaded in turns with about ``postings`` each."""
     body_file = work / "posting.json"
     body_file.write_text(posting_template())
-    with Server.bare() as bare:
-        bare_result = measure(bare, postings, first_id, body_file)
-    with Server.inbox(ledger_url, workers) as inbox:
-        inbox_result = measure(inbox, postings, first_id, body_file)
+    with Server.bare() as bare, Server.inbox(ledger_url, workers) as inbox:
+        measured = measure_interleaved({"bare": bare, "inbox": inbox}, postings, first_id, body_file)
+    bare_result, inbox_result = measured["bare"], measured["inbox"]
     stored = _stored_postings(ledger_url)
     ok = inbox_result["answered"] + inbox_result["warm_up_answered"] + CONNECTIONS
     # Each 200 is a committed row (requests still in flight when wrk stopped may add a few more).
