@@ -79,6 +79,25 @@ def test_latency_delays_every_api_call(erp: Any) -> None:
     assert time.monotonic() - started >= 0.2
 
 
+def test_latency_is_a_service_time_the_work_is_done_before_the_caller_hears_of_it(erp: Any) -> None:
+    """The booking exists while its caller still waits, and the answer leaves latency_ms after the call arrived:
+    a client that gives up (or dies) inside the service time leaves the ERP holding the order, as a real ERP does."""
+    erp.configure(latency_ms=1500)
+    answers: list[requests.Response] = []
+    started = time.monotonic()
+    caller = threading.Thread(target=lambda: answers.append(erp.post("/api/v1/sales-orders", ORDER, key="create:FN6018822001")))
+    caller.start()
+    deadline = started + 1.2
+    while not erp.state()["sales_orders"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    booked_while_waiting = bool(erp.state()["sales_orders"]) and not answers
+    caller.join(timeout=10)
+
+    assert booked_while_waiting
+    assert [r.status_code for r in answers] == [201]
+    assert time.monotonic() - started >= 1.5
+
+
 def test_error_rate_gives_the_same_failures_for_the_same_seed(erp: Any) -> None:
     erp.configure(error_rate=0.5, seed=7)
     first = [erp.get(INVOICES).status_code for _ in range(20)]

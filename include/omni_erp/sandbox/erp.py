@@ -466,7 +466,7 @@ class ErpState(SandboxState[ErpSandboxConfig]):
 def erp_router(state: ErpState, token: str) -> APIRouter:
     """``/api/v1`` of ``contracts/erp_rest.yaml`` behind a bearer token, and the documents' PDFs."""
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: a plain def runs in the thread pool, one hop per call
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):

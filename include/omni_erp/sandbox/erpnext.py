@@ -419,7 +419,7 @@ def erpnext_router(state: ErpNextState, api_key: str, api_secret: str) -> APIRou
     """Frappe's ``/api/resource`` and ``/api/method`` routes behind token auth; each call first publishes what is due."""
     expected = f"token {api_key}:{api_secret}".encode()
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: a plain def runs in the thread pool, one hop per call
         given = request.headers.get("Authorization", "").encode("latin-1", "replace")
         if not hmac.compare_digest(given, expected):
             raise _fail(401, "AuthenticationError", "Invalid API key or secret")

@@ -139,10 +139,11 @@ class FaultInjector(Generic[ConfigT]):
 
     Every path outside ``/_sandbox/`` is an API call. Per call, in this order: it is counted; it gets 429 when
     ``max_concurrency`` calls are already in flight; the ``X-Sandbox-Fail`` header, else the next ``fail_next``
-    entry, else the seeded draw against the rates of :class:`FaultConfig` picks a fault; ``latency_ms`` is
-    slept; a status fault (400, 429, 5xx) is answered without doing anything, ``"hang"`` waits ``timeout_s``
-    and answers 504 without doing anything, ``"reset"`` drops the connection without a response, while
-    ``"timeout"`` lets the call do its work and then sleeps ``timeout_s`` before answering - the case that
+    entry, else the seeded draw against the rates of :class:`FaultConfig` picks a fault. The call answers
+    ``latency_ms`` after it arrived (its service time: the work is done first, the rest of the time waited
+    out); a status fault (400, 429, 5xx) is answered then without doing anything, ``"hang"`` waits ``timeout_s``
+    more and answers 504 without doing anything, ``"reset"`` drops the connection without a response, while
+    ``"timeout"`` lets the call do its work and then sleeps ``timeout_s`` more before answering - the case that
     makes clients retry work that already happened. Every injected fault is counted by kind (``injected``).
 
     :param config: the starting configuration (also what ``reset(config=True)`` returns to).
@@ -352,6 +353,7 @@ class FaultInjector(Generic[ConfigT]):
             return ticket
 
     async def _middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        arrived = time.monotonic()
         if request.url.path.startswith(CONTROL_PREFIX):
             return await call_next(request)
         endpoint = endpoint_name(request)
@@ -368,22 +370,26 @@ class FaultInjector(Generic[ConfigT]):
         retry_after = {"Retry-After": str(cfg.retry_after_s)}
         if mode == "busy":
             return self.error_response(endpoint, 429, None, "too many concurrent requests", headers=retry_after)
+        # A fixed service time: the answer leaves latency_ms after the call arrived, the work done inside it. Sleeping
+        # first and working after queued each call's work behind the others' on the event loop when calls arrive in
+        # step (16 at a cap of 16: 4 ms more each; a bare http.client at 0.87-0.91 of C/L instead of 0.96).
+        deadline = arrived + cfg.latency_ms / 1000
         try:
-            if cfg.latency_ms:
-                await asyncio.sleep(cfg.latency_ms / 1000)
-            if isinstance(mode, int):
-                headers = retry_after if mode in (429, 503) else None
-                return self.error_response(endpoint, mode, None, f"injected by the sandbox ({mode})", headers=headers)
-            if mode == "hang":
-                await asyncio.sleep(cfg.timeout_s)
-                return self.error_response(endpoint, 504, None, f"injected by the sandbox (no answer for {cfg.timeout_s} s)")
-            if mode == "reset":
-                if detail_draw >= 0.5:
-                    with self._lock:
-                        self._injected["reset_after_work"] += 1
-                    await call_next(request)  # the work is done; the answer never leaves
+            if isinstance(mode, int) or mode == "hang" or (mode == "reset" and detail_draw < 0.5):
+                await _until(deadline)  # a fault that does no work answers when the call would have
+                if isinstance(mode, int):
+                    headers = retry_after if mode in (429, 503) else None
+                    return self.error_response(endpoint, mode, None, f"injected by the sandbox ({mode})", headers=headers)
+                if mode == "hang":
+                    await asyncio.sleep(cfg.timeout_s)
+                    return self.error_response(endpoint, 504, None, f"injected by the sandbox (no answer for {cfg.timeout_s} s)")
                 return await _reset_connection(request)
             response = await call_next(request)
+            await _until(deadline)
+            if mode == "reset":
+                with self._lock:
+                    self._injected["reset_after_work"] += 1
+                return await _reset_connection(request)  # the work is done; the answer never leaves
             if mode == "timeout":
                 await asyncio.sleep(cfg.timeout_s)
             elif response.status_code < 400 and (ticket := self._take_stall(endpoint, request)) is not None:
@@ -400,6 +406,13 @@ class FaultInjector(Generic[ConfigT]):
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+
+async def _until(deadline: float) -> None:
+    """Sleep until ``deadline`` (``time.monotonic()``), if it is still ahead."""
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 async def _reset_connection(request: Request) -> Response:

@@ -190,7 +190,7 @@ class OmniState(SandboxState[FaultConfig]):
 def omni_router(state: OmniState, username: str, password: str) -> APIRouter:
     """``/ajio-vms``: the invoice and credit note postings, behind Increff's header credentials."""
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: a plain def runs in the thread pool, one hop per call
         given_user = request.headers.get("authUsername", "")
         given_password = request.headers.get("authPassword", "")
         # Both compared, always, so a wrong user name takes as long as a wrong password.
