@@ -83,19 +83,24 @@ def test_latency_is_a_service_time_the_work_is_done_before_the_caller_hears_of_i
     """The booking exists while its caller still waits, and the answer leaves latency_ms after the call arrived:
     a client that gives up (or dies) inside the service time leaves the ERP holding the order, as a real ERP does."""
     erp.configure(latency_ms=1500)
-    answers: list[requests.Response] = []
+    answers: list[tuple[requests.Response, float]] = []
+
+    def book() -> None:
+        response = erp.post("/api/v1/sales-orders", ORDER, key="create:FN6018822001")
+        answers.append((response, time.monotonic()))
+
     started = time.monotonic()
-    caller = threading.Thread(target=lambda: answers.append(erp.post("/api/v1/sales-orders", ORDER, key="create:FN6018822001")))
+    caller = threading.Thread(target=book)
     caller.start()
-    deadline = started + 1.2
-    while not erp.state()["sales_orders"] and time.monotonic() < deadline:
+    while not erp.state()["sales_orders"] and time.monotonic() < started + 10:
         time.sleep(0.02)
-    booked_while_waiting = bool(erp.state()["sales_orders"]) and not answers
+    seen_booked = time.monotonic()  # the state said "booked" before this moment
     caller.join(timeout=10)
 
-    assert booked_while_waiting
-    assert [r.status_code for r in answers] == [201]
-    assert time.monotonic() - started >= 1.5
+    [(response, answered)] = answers
+    assert response.status_code == 201
+    assert seen_booked < answered  # booked before its caller heard of it
+    assert answered - started >= 1.5
 
 
 def test_error_rate_gives_the_same_failures_for_the_same_seed(erp: Any) -> None:
